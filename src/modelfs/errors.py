@@ -52,3 +52,9 @@ class IntegrityError(ModelfsError):
     def __init__(self, message: str, chunk_id: int | None = None) -> None:
         super().__init__(message)
         self.chunk_id = chunk_id
+
+
+class ReadTimeoutError(ModelfsError):
+    """A read waited too long for a chunk another thread is decoding; answered as EIO, not a hang."""
+
+    exit_code = 8
