@@ -1,0 +1,159 @@
+"""The chunk frame: a self-describing envelope around one compressed chunk.
+
+Layout (little-endian, 24-byte header then the payload)::
+
+    0  4s  magic        b"MFch"
+    4  u8  version      1
+    5  u8  codec_id     see registry.py (0 raw, 1 zstd, 2 bytegroup-zstd, ...)
+    6  u16 flags        bit 0 FLAG_XOR_BASE: the decoded payload is XORed with the base chunk's raw bytes
+    8  u32 raw_len      bytes of the chunk once decoded
+    12 u32 payload_len  bytes that follow the header
+    16 u64 checksum     xxh3_64 of the final raw bytes (after undoing the XOR)
+
+Every encode is decoded and compared before it is returned (restic's habit), and every decode checks the
+checksum: a damaged frame is an :class:`IntegrityError`, never wrong bytes. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+
+from ..dtypes import DType
+from ..errors import IntegrityError
+from .registry import CODECS, RAW, default_codec_id
+
+MAGIC = b"MFch"
+VERSION = 1
+FLAG_XOR_BASE = 1
+KNOWN_FLAGS = FLAG_XOR_BASE
+_HEADER = struct.Struct("<4sBBHIIQ")
+HEADER_SIZE = _HEADER.size  # 24
+# Chunks are 256 KiB-1 MiB; a header claiming more than this is damage, and must not make us allocate it.
+MAX_RAW_LEN = 1 << 28
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    codec_id: int
+    flags: int
+    raw_len: int
+    payload_len: int
+    checksum: int
+    version: int = VERSION
+
+
+def checksum(raw: Buffer) -> int:
+    return xxhash.xxh3_64_intdigest(raw)
+
+
+def read_header(buf: Buffer, chunk_id: int | None = None) -> FrameHeader:
+    """Parse and sanity-check a frame header (magic, version, size bounds)."""
+    if len(buf) < HEADER_SIZE:
+        msg = f"frame truncated: {len(buf)} bytes, header needs {HEADER_SIZE}"
+        raise IntegrityError(_where(chunk_id, msg), chunk_id)
+    magic, version, codec_id, flags, raw_len, payload_len, digest = _HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise IntegrityError(_where(chunk_id, f"bad frame magic {magic!r}"), chunk_id)
+    if version != VERSION:
+        raise IntegrityError(_where(chunk_id, f"unsupported frame version {version}"), chunk_id)
+    return FrameHeader(codec_id, flags, raw_len, payload_len, digest, version)
+
+
+def encode_chunk(
+    raw: Buffer,
+    dtype: DType | None,
+    *,
+    base: Buffer | None = None,
+    codec_id: int | None = None,
+) -> bytes:
+    """Frame ``raw`` (optionally as the XOR against ``base``), verified by decoding it back.
+
+    With ``codec_id`` None the dtype's default codec is used and a payload that does not shrink is stored raw;
+    an explicit ``codec_id`` is used as given.
+    """
+    view = memoryview(raw).cast("B")
+    n = len(view)
+    if n > MAX_RAW_LEN:
+        raise ValueError(f"chunk of {n} bytes exceeds the frame limit of {MAX_RAW_LEN}")
+    flags = 0
+    data = view
+    if base is not None:
+        if len(base) != n:
+            raise ValueError(f"base chunk is {len(base)} bytes, chunk is {n}")
+        data = memoryview(_xor(view, base))
+        flags |= FLAG_XOR_BASE
+    cid = default_codec_id(dtype) if codec_id is None else codec_id
+    codec = CODECS.get(cid)
+    if codec is None:
+        raise ValueError(f"unknown codec id {cid}")
+    payload = codec.encode(data, dtype)
+    if codec_id is None and cid != RAW and len(payload) >= n:
+        cid, payload = RAW, bytes(data)
+    frame = _HEADER.pack(MAGIC, VERSION, cid, flags, n, len(payload), checksum(view)) + payload
+    try:
+        ok = decode_chunk(frame, base=base) == view
+    except IntegrityError as e:
+        raise IntegrityError(f"codec {codec.name} failed to round-trip a {n}-byte chunk ({e})") from None
+    if not ok:
+        raise IntegrityError(f"codec {codec.name} failed to round-trip a {n}-byte chunk")
+    return frame
+
+
+def decode_chunk(
+    frame: Buffer,
+    *,
+    base: Buffer | None = None,
+    expected_checksum: int | None = None,
+    chunk_id: int | None = None,
+) -> bytes:
+    """The raw bytes of a frame; any damage or inconsistency raises :class:`IntegrityError`."""
+    h = read_header(frame, chunk_id)
+
+    def fail(msg: str) -> IntegrityError:
+        return IntegrityError(_where(chunk_id, msg), chunk_id)
+
+    if len(frame) != HEADER_SIZE + h.payload_len:
+        raise fail(f"frame is {len(frame)} bytes, header says {HEADER_SIZE + h.payload_len}")
+    if h.raw_len > MAX_RAW_LEN:
+        raise fail(f"frame claims {h.raw_len} raw bytes, over the limit of {MAX_RAW_LEN}")
+    if h.flags & ~KNOWN_FLAGS:
+        raise fail(f"frame has unknown flags {h.flags:#x}")
+    if expected_checksum is not None and expected_checksum != h.checksum:
+        raise fail("frame checksum differs from the catalog's")
+    codec = CODECS.get(h.codec_id)
+    if codec is None:
+        raise fail(f"unknown codec id {h.codec_id}")
+    if h.flags & FLAG_XOR_BASE:
+        if base is None:
+            raise fail("delta frame decoded without its base chunk")
+        if len(base) != h.raw_len:
+            raise fail(f"base chunk is {len(base)} bytes, frame needs {h.raw_len}")
+    payload = memoryview(frame).cast("B")[HEADER_SIZE:]
+    try:
+        data = codec.decode(payload, h.raw_len)
+    except IntegrityError as e:
+        raise fail(f"{codec.name} payload damaged: {e}") from None
+    except (ValueError, struct.error, IndexError, MemoryError) as e:
+        raise fail(f"{codec.name} payload damaged: {type(e).__name__}: {e}") from None
+    if len(data) != h.raw_len:
+        raise fail(f"{codec.name} payload decoded to {len(data)} bytes, expected {h.raw_len}")
+    if h.flags & FLAG_XOR_BASE:
+        assert base is not None
+        data = _xor(data, base)
+    if checksum(data) != h.checksum:
+        raise fail("checksum mismatch: chunk data is damaged")
+    return data
+
+
+def _xor(a: Buffer, b: Buffer) -> bytes:
+    return np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8)).tobytes()
+
+
+def _where(chunk_id: int | None, msg: str) -> str:
+    return msg if chunk_id is None else f"chunk {chunk_id}: {msg}"
