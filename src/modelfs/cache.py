@@ -24,16 +24,23 @@ class CacheStats:
         self.misses = 0
         self.evictions = 0
         self.bytes_decoded = 0
+        self.prefetched = 0
+        self.prefetch_hits = 0
+        self.prefetch_waste = 0
 
 
 class _BudgetLRU(LRUCache[int, bytes]):
-    def __init__(self, maxsize: int, stats: CacheStats) -> None:
+    def __init__(self, maxsize: int, stats: CacheStats, unread: set[int]) -> None:
         super().__init__(maxsize=maxsize, getsizeof=len)
         self._stats = stats
+        self._unread = unread
 
     def popitem(self) -> tuple[int, bytes]:
         item = super().popitem()
         self._stats.evictions += 1
+        if item[0] in self._unread:
+            self._unread.discard(item[0])
+            self._stats.prefetch_waste += 1
         return item
 
 
@@ -43,7 +50,8 @@ class ChunkCache:
     def __init__(self, budget_bytes: int, wait_timeout: float = 30.0) -> None:
         self.stats = CacheStats()
         self._budget = max(0, budget_bytes)
-        self._lru = _BudgetLRU(max(1, self._budget), self.stats)
+        self._unread: set[int] = set()  # prefetched chunks no reader has asked for yet
+        self._lru = _BudgetLRU(max(1, self._budget), self.stats, self._unread)
         self._lock = threading.Lock()
         self._inflight: dict[int, Future[bytes]] = {}
         self._wait_timeout = wait_timeout
@@ -57,18 +65,31 @@ class ChunkCache:
         with self._lock:
             return int(self._lru.currsize)
 
-    def get_or_load(self, key: int, load: Callable[[], bytes]) -> bytes:
-        """Return the chunk, decoding it with ``load`` at most once however many threads ask at once."""
+    def get_or_load(self, key: int, load: Callable[[], bytes], prefetch: bool = False) -> bytes:
+        """Return the chunk, decoding it with ``load`` at most once however many threads ask at once.
+
+        ``prefetch`` marks a decode ahead of the reader: its first later hit counts as a prefetch hit, its eviction
+        unread as prefetch waste.
+        """
         with self._lock:
             value = self._lru.get(key)
             if value is not None:
-                self.stats.hits += 1
+                if not prefetch:
+                    self.stats.hits += 1
+                    if key in self._unread:
+                        self._unread.discard(key)
+                        self.stats.prefetch_hits += 1
                 return value
             future = self._inflight.get(key)
             owner = future is None
             if owner:
-                self.stats.misses += 1
+                if prefetch:
+                    self.stats.prefetched += 1
+                else:
+                    self.stats.misses += 1
                 future = self._inflight[key] = Future()
+            elif not prefetch:
+                self.stats.hits += 1
         assert future is not None
         if not owner:
             try:
@@ -87,6 +108,8 @@ class ChunkCache:
             self.stats.bytes_decoded += len(value)
             if 0 < len(value) <= self._budget:
                 self._lru[key] = value
+                if prefetch:
+                    self._unread.add(key)
         future.set_result(value)
         return value
 
@@ -98,3 +121,4 @@ class ChunkCache:
     def clear(self) -> None:
         with self._lock:
             self._lru.clear()
+            self._unread.clear()

@@ -14,12 +14,16 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .cache import ChunkCache
 from .catalog import Catalog, from_int64
 from .codec.frame import FLAG_XOR_BASE, HEADER_SIZE, decode_chunk, read_header
 from .errors import IntegrityError, NotFoundError
 from .packs import PackPool, read_frame
+
+if TYPE_CHECKING:
+    from .prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,8 @@ class ChunkSource:
         self.pool = pool
         self.cache = cache
 
-    def get(self, ref: ChunkRef) -> bytes:
-        return self.cache.get_or_load(ref.id, lambda: self._decode(ref))
+    def get(self, ref: ChunkRef, prefetch: bool = False) -> bytes:
+        return self.cache.get_or_load(ref.id, lambda: self._decode(ref), prefetch)
 
     def _decode(self, ref: ChunkRef) -> bytes:
         fd = self.pool.acquire(ref.pack)
@@ -98,8 +102,11 @@ def load_chunk_refs(cur: sqlite3.Cursor, object_ids: list[int]) -> dict[int, lis
 class FileReader:
     """Random-access reads of one stored file. Thread-safe; ``close`` releases the pinned packs."""
 
-    def __init__(self, source: ChunkSource, catalog: Catalog, content_id: int, size: int) -> None:
+    def __init__(
+        self, source: ChunkSource, catalog: Catalog, content_id: int, size: int, prefetcher: Prefetcher | None = None
+    ) -> None:
         self._source = source
+        self._prefetcher = prefetcher
         self.size = size
         with catalog.snapshot() as cur:
             segments = cur.execute(
@@ -140,7 +147,7 @@ class FileReader:
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
-        i = self.chunk_index(offset)
+        i = first = self.chunk_index(offset)
         parts = []
         pos = offset
         while pos < end:
@@ -150,6 +157,8 @@ class FileReader:
             parts.append(take)
             pos += len(take)
             i += 1
+        if self._prefetcher is not None:
+            self._prefetcher.on_read(id(self), self._chunks, first, i - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
@@ -157,6 +166,8 @@ class FileReader:
             if self._closed:
                 return
             self._closed = True
+        if self._prefetcher is not None:
+            self._prefetcher.forget(id(self))
         for pack in self._pinned:
             self._source.pool.release(pack)
 

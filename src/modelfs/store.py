@@ -22,6 +22,7 @@ from .ingest import BaseFinder, Ingest, ProgressFn, scan_source
 from .lock import writer_lock
 from .names import check_model_name, split_store_path
 from .packs import PACK_HEADER, PackPool, PackWriter, fsync_dir, read_frame
+from .prefetch import Prefetcher
 from .reader import ChunkSource, FileReader, load_chunk_refs
 from .tree import DirEntry, FileEntry, Tree
 
@@ -71,7 +72,7 @@ class VerifyReport:
 class Store:
     """An open store. Thread-safe for readers; writers serialise on the store lock."""
 
-    def __init__(self, root: Path, catalog: Catalog, cache_bytes: int) -> None:
+    def __init__(self, root: Path, catalog: Catalog, cache_bytes: int, prefetch: bool) -> None:
         self.root = root
         self.catalog = catalog
         self.chunk_size = int(catalog.meta("chunk_size") or DEFAULT_CHUNK_SIZE)
@@ -79,6 +80,7 @@ class Store:
         self.pool = PackPool(self.packs_dir)
         self.cache = ChunkCache(cache_bytes)
         self.source = ChunkSource(self.pool, self.cache)
+        self.prefetcher = Prefetcher(self.source, workers=os.cpu_count() or 1) if prefetch else None
 
     @property
     def packs_dir(self) -> Path:
@@ -112,8 +114,11 @@ class Store:
         fsync_dir(root)
 
     @classmethod
-    def open(cls, root: Path, cache_bytes: int = 256 << 20) -> Store:
-        """Open an existing store; a path that is not a store gets NotAStoreError."""
+    def open(cls, root: Path, cache_bytes: int = 256 << 20, prefetch: bool = True) -> Store:
+        """Open an existing store; a path that is not a store gets NotAStoreError.
+
+        ``cache_bytes`` is the decoded-chunk cache budget; ``prefetch`` decodes ahead of forward-moving readers.
+        """
         root = Path(root)
         if not root.is_dir():
             raise NotAStoreError(f"{root} is not a modelfs store (no such directory)")
@@ -129,9 +134,11 @@ class Store:
             catalog.close()
             raise NotAStoreError(f"{root} has store format {version}; this modelfs reads format {FORMAT_VERSION}")
         (root / "tmp").mkdir(exist_ok=True)
-        return cls(root, catalog, cache_bytes)
+        return cls(root, catalog, cache_bytes, prefetch)
 
     def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
         self.pool.close_all()
         self.catalog.close()
 
@@ -322,7 +329,7 @@ class Store:
         return entry
 
     def open_reader(self, entry: FileEntry) -> FileReader:
-        return FileReader(self.source, self.catalog, entry.content_id, entry.size)
+        return FileReader(self.source, self.catalog, entry.content_id, entry.size, self.prefetcher)
 
     def models(self) -> list[ModelInfo]:
         rows = self.catalog.query(
