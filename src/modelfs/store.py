@@ -10,14 +10,23 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import ChunkCache
 from .catalog import FORMAT_VERSION, Catalog, bump_generation
 from .codec.registry import codec_name
-from .errors import AlreadyExistsError, BadInputError, InUseError, IntegrityError, NotAStoreError, NotFoundError
+from .errors import (
+    AlreadyExistsError,
+    BadInputError,
+    IntegrityError,
+    InUseError,
+    NotAStoreError,
+    NotFoundError,
+)
 from .ingest import BaseFinder, Ingest, ProgressFn, scan_source
 from .lock import writer_lock
 from .names import check_model_name, split_store_path
@@ -128,7 +137,7 @@ class Store:
         try:
             catalog = Catalog(db)
             version = catalog.meta("format_version")
-        except Exception as exc:
+        except sqlite3.DatabaseError as exc:
             raise NotAStoreError(f"{root} is not a modelfs store ({exc})") from None
         if version != str(FORMAT_VERSION):
             catalog.close()
@@ -148,7 +157,7 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _lock(self, on_wait: Callable[[], None] | None = None):  # type: ignore[no-untyped-def]
+    def _lock(self, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[None]:
         return writer_lock(self.root / "lock", on_wait)
 
     # -- writing -----------------------------------------------------------------------------------------------
