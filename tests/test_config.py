@@ -270,7 +270,7 @@ def test_from_cli_args_counts_only_given_options(tmp_path: Path, store: Path, mn
     toml = write_toml(tmp_path, f'store = "{store}"\nmountpoint = "{mnt}"\nallow_other = true\n'
                                 'cache_size = "1G"\n')
     args = argparse.Namespace(store=None, mountpoint=None, config=str(toml), cache_size=512 * MiB,
-                              foreground=True, options=None, mount_log_level="warning", allow_other=False)
+                              foreground=True, options=None, log_level="warning", allow_other=False)
     config = from_cli_args(args)
     assert config.cache_size == 512 * MiB and config.log_level == "warning" and config.foreground
     assert config.allow_other is True  # an unset store_true flag does not override the file

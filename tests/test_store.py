@@ -129,11 +129,14 @@ def test_identical_tensors_are_stored_once(tmp_path, store_path, make_model):
 
 
 def test_identical_files_are_stored_once(tmp_path, store_path, make_model):
-    src = make_model(tmp_path / "src", model_tensors(5), {})
+    src = make_model(tmp_path / "src", model_tensors(5), {"empty": b"", "sub/also-empty": b""})
     with Store.open(store_path) as store:
         store.add(src, "one")
         store.add(src, "two")
-        assert store.catalog.query("SELECT COUNT(*) FROM contents")[0][0] == 1
+        assert store.catalog.query("SELECT COUNT(*) FROM contents")[0][0] == 2
+        export_model(store, "two", tmp_path / "out")
+    assert tree_digest(tmp_path / "out") == tree_digest(src)
+    with Store.open(store_path) as store:
         assert store.stats()["unique_bytes"] == (src / "model.safetensors").stat().st_size
 
 

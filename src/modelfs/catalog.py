@@ -148,3 +148,10 @@ class Catalog:
 def bump_generation(cur: sqlite3.Cursor) -> None:
     """Mark that the set of models changed, so that mounts refresh their tree."""
     cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+
+def last_insert_id(cur: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just made (never None after a successful INSERT)."""
+    if cur.lastrowid is None:
+        raise RuntimeError("INSERT returned no row id")
+    return cur.lastrowid

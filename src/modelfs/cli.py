@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ModelfsError
+from .errors import BadInputError, ModelfsError
 from .progress import Progress, human_bytes
 from .store import DEFAULT_CHUNK_SIZE, Store
 
@@ -73,8 +73,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from .delta import delta_report
+
     with Store.open(Path(args.store)) as store:
         stats = store.stats()
+        stats["deltas"] = delta_report(store)
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
@@ -85,8 +88,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         value = int(stats[key])  # type: ignore[call-overload]
         share = f" ({value / logical:.1%} of logical)" if logical else ""
         print(f"{key.replace('_', ' ') + ':':<22}{human_bytes(value)}{share}")
-    for delta in stats["deltas"]:  # type: ignore[attr-defined]
-        print(f"delta:                {delta['model']} stored against {delta['base']}")
+    for d in stats["deltas"]:  # type: ignore[attr-defined]
+        print(
+            f"delta:                {d['model']} against {d['base']}: {human_bytes(d['stored_bytes'])} stored "
+            f"of {human_bytes(d['logical_bytes'])} ({d['ratio']:.1%}); {d['delta_tensors']} tensors as XOR deltas "
+            f"saved ~{human_bytes(d['saved_by_delta_est'])}, {human_bytes(d['shared_with_base'])} shared with base"
+        )
     return 0
 
 
@@ -148,9 +155,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .mount import unmount
+    from .config import mountpoint_from_toml
+    from .mount import is_mounted, unmount
 
-    unmount(Path(args.mountpoint))
+    if (args.mountpoint is None) == (args.config is None):
+        raise BadInputError("give MOUNTPOINT or --config FILE")
+    mnt = Path(args.mountpoint) if args.mountpoint else mountpoint_from_toml(Path(args.config))
+    if args.if_mounted and not is_mounted(mnt.absolute()):
+        return 0
+    unmount(mnt, lazy=args.lazy)
     return 0
 
 
@@ -160,6 +173,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_main(Path(args.mountpoint))
 
 
+def _mount_helper(argv: list[str]) -> int:
+    """``modelfs STORE MOUNTPOINT -o OPTIONS``: how mount.fuse3 runs us (fstab, ``mount -t fuse.modelfs``)."""
+    from .config import parse_mount_helper_argv
+    from .mount import run_mount
+
+    logging.basicConfig(level="WARNING", format="modelfs: %(levelname)s %(message)s")
+    try:
+        return run_mount(parse_mount_helper_argv(argv))
+    except ModelfsError as exc:
+        print(f"modelfs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelfs",
@@ -167,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "read-only FUSE mount whose files are byte-identical to the originals.",
         epilog=EPILOG,
     )
-    parser.add_argument("--log-level", default="warning", help="logging level (default: warning)")
+    parser.add_argument("--log-level", default=None, help="logging level (default: warning; mount: info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help: str, desc: str) -> argparse.ArgumentParser:
@@ -197,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="model name, e.g. org/model")
     p.add_argument(
         "--base",
-        default=None,
-        help="store tensors as XOR deltas of this model's same-name tensors ('auto' picks the most similar model)",
+        default="auto",
+        help="store tensors as XOR deltas of this model's same-name tensors where that is smaller: a model name, "
+        "'auto' (default: the store's most similar model, if any saves space) or 'none'",
     )
 
     p = command("ls", cmd_ls, "list models (or one model's files)", "List models with logical and stored size.")
@@ -238,10 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=_parse_size, help="decoded-chunk cache budget, e.g. 2G (default 1G)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (systemd, debugging)")
     p.add_argument("-o", dest="options", default=None, help="mount options, e.g. allow_other,cache_size=4G")
-    p.add_argument("--mount-log-level", dest="mount_log_level", default=None, help="daemon log level (default info)")
+    p.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="the daemon's log level: debug, info, warning, error (default info)"
+    )
 
     p = command("umount", cmd_umount, "unmount", "Unmount MOUNTPOINT (lazily if the daemon died).")
-    p.add_argument("mountpoint")
+    p.add_argument("mountpoint", nargs="?")
+    p.add_argument("--config", help="unmount the mountpoint this TOML config names")
+    p.add_argument("--lazy", action="store_true", help="detach now even if busy (umount -l)")
+    p.add_argument("--if-mounted", action="store_true", help="succeed quietly if nothing is mounted there")
 
     p = command("status", cmd_status, "show a mount's live metrics", "Print a mount's live counters.")
     p.add_argument("mountpoint")
@@ -251,8 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    from .config import is_mount_helper_argv
+
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if is_mount_helper_argv(argv, list(commands)):
+        return _mount_helper(argv)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="modelfs: %(levelname)s %(message)s")
+    level = (args.log_level or "warning").upper()
+    logging.basicConfig(level=level, format="modelfs: %(levelname)s %(message)s")
     try:
         return int(args.func(args))
     except ModelfsError as exc:

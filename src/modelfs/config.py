@@ -378,12 +378,10 @@ def resolve(cli: Mapping[str, Any], options: str | None = None, config_file: str
 def from_cli_args(args: argparse.Namespace) -> MountConfig:
     """``modelfs mount`` arguments to a MountConfig; only options the user actually gave count as set.
 
-    Reads ``store``, ``mountpoint``, ``config``, ``options`` (``-o``), ``foreground``, ``mount_log_level`` and
+    Reads ``store``, ``mountpoint``, ``config``, ``options`` (``-o``), ``foreground`` and
     any attribute named like a setting (``cache_size``, ``allow_other``, ``metrics``, ...) that is not None.
     """
     cli: dict[str, Any] = {key: getattr(args, key) for key in SETTING_KEYS if getattr(args, key, None) is not None}
-    if getattr(args, "mount_log_level", None) is not None:
-        cli["log_level"] = args.mount_log_level
     for flag in ("allow_other", "prefetch"):
         if cli.get(flag) is False:
             del cli[flag]  # an argparse store_true left unset is "not given", not "false"

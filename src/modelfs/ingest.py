@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .catalog import Catalog, bump_generation, to_int64
+from .catalog import Catalog, bump_generation, last_insert_id, to_int64
 from .codec.frame import encode_chunk, read_header
 from .dtypes import DType
 from .errors import AlreadyExistsError, BadInputError
@@ -189,7 +189,8 @@ class Ingest:
                 raise BadInputError(f"{source.path} changed size while being added")
             if size == 0:
                 sha = hashlib.sha256(b"").digest()
-                self._contents.setdefault(sha, _Content(sha, 0, []))
+                if not self._known_content(sha):
+                    self._contents[sha] = _Content(sha, 0, [])
                 return sha
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 sha = _sha256_of(mm, 0, size)
@@ -278,13 +279,13 @@ class Ingest:
             pack_ids = {}
             for pack_name, size in packs:
                 cur.execute("INSERT INTO packs(name, size) VALUES (?, ?)", (pack_name, size))
-                pack_ids[pack_name] = cur.lastrowid
+                pack_ids[pack_name] = last_insert_id(cur)
             object_ids: dict[bytes, int] = {}
             for obj in self._objects.values():
                 object_ids[obj.sha256] = _insert_object(cur, obj, pack_ids)
             for content in self._contents.values():
                 cur.execute("INSERT INTO contents(sha256, size) VALUES (?, ?)", (content.sha256, content.size))
-                content_id = cur.lastrowid
+                content_id = last_insert_id(cur)
                 for seq, seg in enumerate(content.segments):
                     object_id = object_ids.get(seg.sha256)
                     if object_id is None:
@@ -299,7 +300,7 @@ class Ingest:
                 "INSERT INTO models(name, added, base_model_id, source) VALUES (?, ?, ?, ?)",
                 (name, time.time(), base_model_id, str(source_dir)),
             )
-            model_id = cur.lastrowid
+            model_id = last_insert_id(cur)
             for source, sha in files:
                 content_id = cur.execute("SELECT id FROM contents WHERE sha256 = ?", (sha,)).fetchone()[0]
                 cur.execute(
@@ -336,7 +337,7 @@ def _insert_object(cur: sqlite3.Cursor, obj: _Object, pack_ids: dict[str, int]) 
             obj.stored_size,
         ),
     )
-    object_id = int(cur.lastrowid or 0)
+    object_id = last_insert_id(cur)
     cur.executemany(
         "INSERT INTO chunks(object_id, seq, raw_offset, raw_len, pack_id, pack_offset, frame_len, codec, checksum)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

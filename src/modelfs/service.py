@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from types import FrameType
 from . import notify
 from .config import MountConfig
 from .metrics import CacheLike, Metrics, MetricsServer, start_server
+from .mount import fusermount
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ class SigtermStop:
         notify.stopping(f"unmounting {self.mountpoint}")
         if self.on_stopping is not None:
             self.on_stopping()
-        result = _fusermount("-u", self.mountpoint)
+        result = fusermount(["-u", str(self.mountpoint)])
         if result.returncode == 0:
             log.info("SIGTERM: unmounted %s", self.mountpoint)
             return  # the kernel closes the connection and the FUSE loop returns normally
@@ -160,7 +159,7 @@ class SigtermStop:
                   self.mountpoint, message[0], f"open files: {shown}" if busy else "busy",
                   self.mountpoint)
         notify.status(f"stopped while busy: {len(busy)} open files")
-        _fusermount("-u", "-z", self.mountpoint)
+        fusermount(["-u", "-z", str(self.mountpoint)])
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)  # the FUSE loop would wait for the busy files to close; the stop must end now
@@ -168,8 +167,3 @@ class SigtermStop:
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     """A Python-level handler that does nothing: the wakeup fd carries the signal to the watcher thread."""
-
-
-def _fusermount(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-    return subprocess.run([tool, *map(str, args)], capture_output=True, text=True, check=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cache import ChunkCache
-from .catalog import FORMAT_VERSION, Catalog, bump_generation
+from .catalog import FORMAT_VERSION, Catalog, bump_generation, last_insert_id
 from .codec.registry import codec_name
 from .errors import (
     AlreadyExistsError,
@@ -285,7 +285,7 @@ class Store:
             (new_name, new_size), = writer.publish()
             with self.catalog.transaction() as cur:
                 cur.execute("INSERT INTO packs(name, size) VALUES (?, ?)", (new_name, new_size))
-                new_id = cur.lastrowid
+                new_id = last_insert_id(cur)
                 cur.executemany(
                     "UPDATE chunks SET pack_id = ?, pack_offset = ? WHERE id = ?",
                     [(new_id, loc.offset, cid) for cid, loc in moves],
