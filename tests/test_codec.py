@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from modelfs.codec import CODECS, FLAG_XOR_BASE, HEADER_SIZE, decode_chunk, encode_chunk, read_header
 from modelfs.codec.bytegroup import merge_planes, split_planes
-from modelfs.codec.registry import BYTEGROUP_ZSTD, RAW, ZSTD, default_codec_id
+from modelfs.codec.registry import BYTEGROUP_HUFF, BYTEGROUP_ZSTD, RAW, ZSTD, default_codec_id
 from modelfs.dtypes import DTYPES, DType
 from modelfs.errors import IntegrityError
 
@@ -92,10 +92,14 @@ def test_header_layout() -> None:
 def test_default_codec_choice() -> None:
     assert default_codec_id(None) == ZSTD
     for d in DTYPES.values():
-        assert default_codec_id(d) == (ZSTD if d.itemsize == 1 else BYTEGROUP_ZSTD)
+        if d.itemsize == 1:
+            assert default_codec_id(d) == ZSTD
+        else:
+            assert default_codec_id(d) == (BYTEGROUP_HUFF if d.kind == "float" else BYTEGROUP_ZSTD)
     bf16 = np.random.default_rng(1).standard_normal(4096).astype(np.float32).view(np.uint32) >> 16
     raw = bf16.astype(np.uint16).tobytes()
-    assert read_header(encode_chunk(raw, BF16)).codec_id == BYTEGROUP_ZSTD
+    assert read_header(encode_chunk(raw, BF16)).codec_id == BYTEGROUP_HUFF
+    assert read_header(encode_chunk(raw, DTYPES["I16"])).codec_id == BYTEGROUP_ZSTD
     assert read_header(encode_chunk(b"a" * 1000, None)).codec_id == ZSTD
 
 
@@ -120,7 +124,7 @@ def test_bytegroup_stores_mixed_plane_modes() -> None:
     rng = np.random.default_rng(7)
     f32 = (rng.standard_normal(8192) * 0.05).astype(np.float32)
     raw = (f32.view(np.uint32) >> 16).astype(np.uint16).tobytes()
-    frame = encode_chunk(raw, BF16)
+    frame = encode_chunk(raw, BF16, codec_id=BYTEGROUP_ZSTD)
     payload = frame[HEADER_SIZE:]
     assert payload[0] == 2
     modes = [payload[1], payload[6]]

@@ -70,7 +70,7 @@ def split_planes(raw: memoryview | bytes, width: int) -> tuple[list[bytes], byte
     return [planes[i].tobytes() for i in range(width)], bytes(raw[n * width :])
 
 
-def merge_planes(planes: Sequence[bytes], tail: bytes) -> bytes:
+def merge_planes(planes: Sequence[bytes | memoryview | np.ndarray], tail: bytes) -> bytes:
     """Inverse of :func:`split_planes`."""
     width = len(planes)
     n = len(planes[0]) if planes else 0
@@ -83,7 +83,12 @@ def merge_planes(planes: Sequence[bytes], tail: bytes) -> bytes:
 def encode_planes(raw: memoryview, width: int, coders: Sequence[PlaneCoder]) -> bytes:
     """Split ``raw`` into ``width`` planes and code each with the coder that shrinks it most (raw if none does)."""
     planes, tail = split_planes(raw, width)
-    table = [_WIDTH.pack(width)]
+    return encode_plane_list(planes, tail, coders)
+
+
+def encode_plane_list(planes: Sequence[bytes], tail: bytes, coders: Sequence[PlaneCoder]) -> bytes:
+    """The byte-group payload of already split planes (all of one length)."""
+    table = [_WIDTH.pack(len(planes))]
     body: list[bytes] = []
     for plane in planes:
         mode, data = MODE_RAW, plane
@@ -98,6 +103,13 @@ def encode_planes(raw: memoryview, width: int, coders: Sequence[PlaneCoder]) -> 
 
 def decode_planes(payload: memoryview, raw_len: int, coders: Sequence[PlaneCoder]) -> bytes:
     """Inverse of :func:`encode_planes`; any inconsistency is an :class:`IntegrityError`."""
+    return merge_planes(*decode_plane_list(payload, raw_len, coders))
+
+
+def decode_plane_list(
+    payload: memoryview, raw_len: int, coders: Sequence[PlaneCoder]
+) -> tuple[list[bytes | memoryview], bytes]:
+    """Inverse of :func:`encode_plane_list`: the planes (raw ones as views of ``payload``) and the tail."""
     if len(payload) < _WIDTH.size:
         raise IntegrityError("byte-group payload is empty")
     (width,) = _WIDTH.unpack_from(payload, 0)
@@ -109,7 +121,7 @@ def decode_planes(payload: memoryview, raw_len: int, coders: Sequence[PlaneCoder
     n = raw_len // width
     tail_len = raw_len - n * width
     by_mode = {c.mode: c for c in coders}
-    planes: list[bytes] = []
+    planes: list[bytes | memoryview] = []
     for i in range(width):
         mode, size = _PLANE.unpack_from(payload, _WIDTH.size + i * _PLANE.size)
         data = payload[pos : pos + size]
@@ -119,7 +131,7 @@ def decode_planes(payload: memoryview, raw_len: int, coders: Sequence[PlaneCoder
         if mode == MODE_RAW:
             if size != n:
                 raise IntegrityError(f"raw byte-group plane {i} is {size} bytes, expected {n}")
-            planes.append(bytes(data))
+            planes.append(data)
             continue
         coder = by_mode.get(mode)
         if coder is None:
@@ -130,7 +142,7 @@ def decode_planes(payload: memoryview, raw_len: int, coders: Sequence[PlaneCoder
         planes.append(plane)
     if len(payload) - pos != tail_len:
         raise IntegrityError(f"byte-group tail is {len(payload) - pos} bytes, expected {tail_len}")
-    return merge_planes(planes, bytes(payload[pos:]))
+    return planes, bytes(payload[pos:])
 
 
 class BytegroupZstdCodec:

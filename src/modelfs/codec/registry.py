@@ -1,6 +1,6 @@
 """Codecs by stable id. The id is written in every chunk frame, so an id, once used, keeps its meaning forever.
 
-Ids: 0 ``raw``, 1 ``zstd``, 2 ``bytegroup-zstd`` (v1). Ids 3 and up are for later codecs (entropy-coded planes).
+Ids: 0 ``raw``, 1 ``zstd``, 2 ``bytegroup-zstd`` (v1), 3 ``bytegroup-huff`` (entropy-coded planes, huff.py).
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from typing import Protocol
 from ..dtypes import DType
 from .basic import RawCodec, ZstdCodec
 from .bytegroup import BytegroupZstdCodec
+from .huff import BytegroupHuffCodec
 
 RAW = 0
 ZSTD = 1
 BYTEGROUP_ZSTD = 2
+BYTEGROUP_HUFF = 3
 
 
 class Codec(Protocol):
@@ -30,7 +32,7 @@ class Codec(Protocol):
     def decode(self, payload: memoryview, raw_len: int) -> bytes: ...
 
 
-CODECS: dict[int, Codec] = {c.id: c for c in (RawCodec(), ZstdCodec(), BytegroupZstdCodec())}
+CODECS: dict[int, Codec] = {c.id: c for c in (RawCodec(), ZstdCodec(), BytegroupZstdCodec(), BytegroupHuffCodec())}
 
 
 def get_codec(codec_id: int) -> Codec | None:
@@ -44,7 +46,14 @@ def codec_name(codec_id: int) -> str:
 
 
 def default_codec_id(dtype: DType | None) -> int:
-    """Byte grouping for multi-byte elements; plain zstd for blobs and 1-byte (or packed sub-byte) dtypes."""
+    """Entropy-coded planes for floats, byte grouping + zstd for other multi-byte elements, plain zstd otherwise.
+
+    Floats: on MiniLM, bytegroup-huff stores BF16 at 0.665 and FP32 at 0.819 of their size, against 0.715 and
+    0.840 for bytegroup-zstd (bench/codecs.py). Integers keep v1: their planes are match-friendly, not Huffman-bound.
+    Blobs and 1-byte (or packed sub-byte) dtypes have nothing to split.
+    """
     if dtype is None or dtype.itemsize <= 1:
         return ZSTD
+    if dtype.kind == "float":
+        return BYTEGROUP_HUFF
     return BYTEGROUP_ZSTD
