@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from modelfs import delta
 from modelfs.cli import main as cli_main
-from modelfs.codec.frame import FLAG_XOR_BASE, read_header
+from modelfs.codec.frame import FLAGS_NEED_BASE, read_header
 from modelfs.delta import (
     base_options,
     delta_report,
@@ -79,7 +79,7 @@ def xor_chunks(store: Store, model: str) -> tuple[int, int]:
     xor = 0
     for _, pack, off, length in rows:
         with open(store.packs_dir / f"{pack}.pack", "rb") as f:
-            xor += bool(read_header(read_frame(f.fileno(), off, length)).flags & FLAG_XOR_BASE)
+            xor += bool(read_header(read_frame(f.fileno(), off, length)).flags & FLAGS_NEED_BASE)
     return xor, len(rows)
 
 
@@ -293,3 +293,24 @@ def test_sub_delta_maps_an_ulp_step_to_a_small_number():
     base = np.array([1.0, -1.0, 0.0, -0.0, 3e-39], dtype="<f4")
     moved = np.nextafter(base, np.float32(5))
     assert np.frombuffer(sub_delta(moved.tobytes(), base.tobytes(), 4), "<u4").tolist() == [2, 2, 2, 4, 2]
+
+
+def test_difference_frame_flags_and_damage():
+    from modelfs.codec.frame import FLAG_XOR_BASE, decode_chunk, encode_chunk
+    from modelfs.dtypes import dtype_by_name
+    from modelfs.errors import IntegrityError
+
+    bf16 = dtype_by_name("BF16")
+    base = f32_to_bf16_bits(np.linspace(-1, 1, 4096, dtype="<f4")).tobytes()
+    raw = f32_to_bf16_bits(np.linspace(-1, 1, 4096, dtype="<f4") * 1.01).tobytes()
+    frame = encode_chunk(raw, bf16, base=base, sub_width=2)
+    assert read_header(frame).flags == 2  # bits 1-2 = 1: ordered difference of 2-byte elements
+    assert decode_chunk(frame, base=base) == raw
+    with pytest.raises(IntegrityError, match="without its base"):
+        decode_chunk(frame)
+    both = bytearray(frame)
+    both[6] |= FLAG_XOR_BASE
+    with pytest.raises(IntegrityError, match="unknown flags"):
+        decode_chunk(bytes(both), base=base)
+    with pytest.raises(ValueError):
+        encode_chunk(raw[:-1], bf16, base=base[:-1], sub_width=2)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import Catalog
+from .codec.difference import sub_delta, undo_sub_delta
 from .dtypes import DType
 from .errors import BadInputError, NotFoundError
 from .ingest import BaseChunks, BaseFinder, scan_source
@@ -373,34 +374,6 @@ def delta_report(store: Store) -> list[dict[str, object]]:
             }
         )
     return report
-
-
-# -- the difference transform (measured by bench/compress.py; not in the frame format yet) ---------------------------
-
-_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def _ordered(u: np.ndarray, width: int) -> np.ndarray:
-    """Sign-magnitude float bits -> bits whose two's-complement order is the float order (an involution)."""
-    t = _UINT[width]
-    return u ^ ((u >> t(8 * width - 1)) * t((1 << (8 * width - 1)) - 1))
-
-
-def sub_delta(raw: bytes, base: bytes, width: int) -> bytes:
-    """Per element: zigzag((ordered(raw) - ordered(base)) mod 2**bits). A weight that moved by k ulps becomes ~2k,
-    where XOR turns a carry across a mantissa boundary into many set bits. ``len(raw)`` must be whole elements."""
-    t = _UINT[width]
-    a, b = np.frombuffer(raw, dtype=t), np.frombuffer(base, dtype=t)
-    d = _ordered(a, width) - _ordered(b, width)
-    return ((d << t(1)) ^ (t(0) - (d >> t(8 * width - 1)))).tobytes()
-
-
-def undo_sub_delta(data: bytes, base: bytes, width: int) -> bytes:
-    """Inverse of :func:`sub_delta`."""
-    t = _UINT[width]
-    z, b = np.frombuffer(data, dtype=t), np.frombuffer(base, dtype=t)
-    d = (z >> t(1)) ^ (t(0) - (z & t(1)))
-    return _ordered(_ordered(b, width) + d, width).tobytes()
 
 
 def entropy_bound(raw: bytes, width: int) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .catalog import Catalog, bump_generation, last_insert_id, to_int64
+from .codec.difference import WIDTHS
 from .codec.frame import encode_chunk, read_header
 from .dtypes import DType
 from .errors import AlreadyExistsError, BadInputError
@@ -316,12 +317,14 @@ class Ingest:
 
 
 def _encode(raw: bytes, dtype: DType | None, base_raw: bytes | None) -> bytes:
-    """Encode one chunk; with a base, keep the XOR delta only where it is smaller than the standalone frame."""
+    """Encode one chunk; with a base, keep the smallest of standalone, XOR delta and (floats) ordered difference."""
     plain = encode_chunk(raw, dtype)
     if base_raw is None or len(base_raw) != len(raw):
         return plain
-    delta = encode_chunk(raw, dtype, base=base_raw)
-    return delta if len(delta) < len(plain) else plain
+    frames = [plain, encode_chunk(raw, dtype, base=base_raw)]
+    if dtype is not None and dtype.kind == "float" and dtype.itemsize in WIDTHS and len(raw) % dtype.itemsize == 0:
+        frames.append(encode_chunk(raw, dtype, base=base_raw, sub_width=dtype.itemsize))
+    return min(frames, key=len)
 
 
 def _insert_object(cur: sqlite3.Cursor, obj: _Object, pack_ids: dict[str, int]) -> int:

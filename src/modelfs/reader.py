@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .cache import ChunkCache
 from .catalog import Catalog, from_int64
-from .codec.frame import FLAG_XOR_BASE, HEADER_SIZE, decode_chunk, read_header
+from .codec.frame import FLAGS_NEED_BASE, HEADER_SIZE, decode_chunk, read_header
 from .errors import IntegrityError, NotFoundError
 from .packs import PackPool, read_frame
 
@@ -60,7 +60,7 @@ class ChunkSource:
         if len(frame) < HEADER_SIZE:
             raise IntegrityError(f"chunk {ref.id}: frame truncated in pack {ref.pack}", ref.id)
         base = None
-        if read_header(frame).flags & FLAG_XOR_BASE:
+        if read_header(frame).flags & FLAGS_NEED_BASE:
             if ref.base is None:
                 raise IntegrityError(f"chunk {ref.id}: delta frame without a base chunk", ref.id)
             base = self.get(ref.base)

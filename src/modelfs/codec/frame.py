@@ -5,7 +5,9 @@ Layout (little-endian, 24-byte header then the payload)::
     0  4s  magic        b"MFch"
     4  u8  version      1
     5  u8  codec_id     see registry.py (0 raw, 1 zstd, 2 bytegroup-zstd, ...)
-    6  u16 flags        bit 0 FLAG_XOR_BASE: the decoded payload is XORed with the base chunk's raw bytes
+    6  u16 flags        bit 0 FLAG_XOR_BASE: the decoded payload is XORed with the base chunk's raw bytes;
+                        bits 1-2 (FLAG_SUB_MASK) 1/2/3: the decoded payload is the ordered difference against the
+                        base chunk (codec/difference.py) of 2/4/8-byte elements; at most one delta kind is set
     8  u32 raw_len      bytes of the chunk once decoded
     12 u32 payload_len  bytes that follow the header
     16 u64 checksum     xxh3_64 of the final raw bytes (after undoing the XOR)
@@ -24,12 +26,17 @@ import xxhash
 
 from ..dtypes import DType
 from ..errors import IntegrityError
+from .difference import sub_delta, undo_sub_delta
 from .registry import CODECS, RAW, default_codec_id
 
 MAGIC = b"MFch"
 VERSION = 1
 FLAG_XOR_BASE = 1
-KNOWN_FLAGS = FLAG_XOR_BASE
+FLAG_SUB_SHIFT = 1
+FLAG_SUB_MASK = 0b110
+SUB_WIDTHS = {1: 2, 2: 4, 3: 8}
+FLAGS_NEED_BASE = FLAG_XOR_BASE | FLAG_SUB_MASK
+KNOWN_FLAGS = FLAG_XOR_BASE | FLAG_SUB_MASK
 _HEADER = struct.Struct("<4sBBHIIQ")
 HEADER_SIZE = _HEADER.size  # 24
 # Chunks are 256 KiB-1 MiB; a header claiming more than this is damage, and must not make us allocate it.
@@ -71,8 +78,10 @@ def encode_chunk(
     *,
     base: Buffer | None = None,
     codec_id: int | None = None,
+    sub_width: int | None = None,
 ) -> bytes:
-    """Frame ``raw`` (optionally as the XOR against ``base``), verified by decoding it back.
+    """Frame ``raw`` (optionally as the XOR against ``base``, or with ``sub_width`` as the ordered difference of
+    elements of that many bytes), verified by decoding it back.
 
     With ``codec_id`` None the dtype's default codec is used and a payload that does not shrink is stored raw;
     an explicit ``codec_id`` is used as given.
@@ -86,8 +95,15 @@ def encode_chunk(
     if base is not None:
         if len(base) != n:
             raise ValueError(f"base chunk is {len(base)} bytes, chunk is {n}")
-        data = memoryview(_xor(view, base))
-        flags |= FLAG_XOR_BASE
+        if sub_width is None:
+            data = memoryview(_xor(view, base))
+            flags |= FLAG_XOR_BASE
+        else:
+            code = {w: c for c, w in SUB_WIDTHS.items()}.get(sub_width)
+            if code is None or n % sub_width:
+                raise ValueError(f"no ordered difference of {sub_width}-byte elements for a {n}-byte chunk")
+            data = memoryview(sub_delta(view, base, sub_width))
+            flags |= code << FLAG_SUB_SHIFT
     cid = default_codec_id(dtype) if codec_id is None else codec_id
     codec = CODECS.get(cid)
     if codec is None:
@@ -122,14 +138,17 @@ def decode_chunk(
         raise fail(f"frame is {len(frame)} bytes, header says {HEADER_SIZE + h.payload_len}")
     if h.raw_len > MAX_RAW_LEN:
         raise fail(f"frame claims {h.raw_len} raw bytes, over the limit of {MAX_RAW_LEN}")
-    if h.flags & ~KNOWN_FLAGS:
+    if h.flags & ~KNOWN_FLAGS or (h.flags & FLAG_XOR_BASE and h.flags & FLAG_SUB_MASK):
         raise fail(f"frame has unknown flags {h.flags:#x}")
+    sub_width = SUB_WIDTHS.get((h.flags & FLAG_SUB_MASK) >> FLAG_SUB_SHIFT)
+    if sub_width is not None and h.raw_len % sub_width:
+        raise fail(f"difference frame of {h.raw_len} bytes is not whole {sub_width}-byte elements")
     if expected_checksum is not None and expected_checksum != h.checksum:
         raise fail("frame checksum differs from the catalog's")
     codec = CODECS.get(h.codec_id)
     if codec is None:
         raise fail(f"unknown codec id {h.codec_id}")
-    if h.flags & FLAG_XOR_BASE:
+    if h.flags & FLAGS_NEED_BASE:
         if base is None:
             raise fail("delta frame decoded without its base chunk")
         if len(base) != h.raw_len:
@@ -146,6 +165,9 @@ def decode_chunk(
     if h.flags & FLAG_XOR_BASE:
         assert base is not None
         data = _xor(data, base)
+    elif sub_width is not None:
+        assert base is not None
+        data = undo_sub_delta(data, base, sub_width)
     if checksum(data) != h.checksum:
         raise fail("checksum mismatch: chunk data is damaged")
     return data
