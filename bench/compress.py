@@ -385,7 +385,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {r['fixture']} | {t} | {cb[t + '_order0']:.4f} | {cb[t + '_lo_given_hi']:.4f} | "
                          f"{cb[t + '_given_base_exp']:.4f} |")
     lines += ["", "Measured with the default codec, per chunk the smallest frame (no store involved):", "",
-              "| fine-tune | standalone or XOR (modelfs today) | standalone, XOR or ordered difference (proposal) |",
+              "| fine-tune | standalone or XOR only | standalone, XOR or ordered difference (what modelfs does) |",
               "|---|---|---|"]
     for r in results["finetune"]:
         p = r.get("projected")

@@ -115,7 +115,7 @@ class Mount:
     def __init__(self, store: Path, mnt: Path, log: Path, options: str) -> None:
         self.mnt, self.log = mnt, log
         mnt.mkdir(parents=True, exist_ok=True)
-        cmd = [MODELFS, "mount", str(store), str(mnt), "--foreground", "--mount-log-level", "info"]
+        cmd = [MODELFS, "mount", str(store), str(mnt), "--foreground", "--log-level", "info"]
         if options:
             cmd += ["-o", options]
         with log.open("wb") as err:

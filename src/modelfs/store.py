@@ -36,9 +36,10 @@ from .reader import ChunkSource, FileReader, load_chunk_refs
 from .tree import DirEntry, FileEntry, Tree
 
 CATALOG = "catalog.db"
-# 1 MiB raw chunks. On the real MiniLM-L6 weights the stored ratio is flat from 128 KiB to 4 MiB (FP32 0.838-0.844,
-# BF16 0.705-0.715, per-plane zstd tables adapt quickly), so size is chosen by the read path: a 1 MiB FUSE request
-# touches one or two chunks, and a random 4 KiB read decodes ~0.9 MiB (bench/chunk_size.py, docs/benchmarks.md).
+# 1 MiB raw chunks. On the real MiniLM-L6 weights the stored ratio is flat from 128 KiB to 4 MiB (FP32 0.8186-0.8189,
+# BF16 0.6650-0.6654) and single-thread decode is fastest at 1 MiB (FP32 748 MB/s, BF16 587 MB/s; 128 KiB: 451 and
+# 362, per-chunk overhead), a 1 MiB FUSE request touches one or two chunks, and a random 4 KiB read decodes ~0.9 MiB
+# (bench/chunk_size.py, docs/benchmarks.md).
 DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_PACK_SIZE = 256 << 20
 REPACK_BELOW = 0.5
