@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .catalog import Catalog, bump_generation, last_insert_id, to_int64
@@ -50,7 +51,7 @@ class SourceFile:
 
 @dataclass
 class BaseChunks:
-    """A delta base for one tensor: the base object's id, its geometry, and a way to get its chunks' bytes."""
+    """A delta base for one tensor: its object id, its geometry, and its chunks' bytes (called from worker threads)."""
 
     object_id: int
     layout: Layout
@@ -248,8 +249,8 @@ class Ingest:
         for seq, (off, length) in enumerate(layout.chunks(size)):
             chunk = _Chunk(seq, off, length)
             raw = mm[start + off : start + off + length]
-            base_raw = base.chunk_raw(seq) if base is not None else None
-            pending.append((chunk, self._pool.submit(_encode, raw, dtype, base_raw)))
+            base_chunk = partial(base.chunk_raw, seq) if base is not None else None
+            pending.append((chunk, self._pool.submit(_encode, raw, dtype, base_chunk)))
             if len(pending) >= self._window:
                 self._write(obj, *pending.popleft())
         while pending:
@@ -316,9 +317,10 @@ class Ingest:
             yield (obj.dtype.name if obj.dtype else None, obj.size, obj.stored_size)
 
 
-def _encode(raw: bytes, dtype: DType | None, base_raw: bytes | None) -> bytes:
+def _encode(raw: bytes, dtype: DType | None, base_chunk: Callable[[], bytes] | None) -> bytes:
     """Encode one chunk; with a base, keep the smallest of standalone, XOR delta and (floats) ordered difference."""
     plain = encode_chunk(raw, dtype)
+    base_raw = base_chunk() if base_chunk is not None else None  # decoded here, on the worker, not the main thread
     if base_raw is None or len(base_raw) != len(raw):
         return plain
     frames = [plain, encode_chunk(raw, dtype, base=base_raw)]
