@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base",
         default="auto",
-        help="store tensors as XOR deltas of this model's same-name tensors where that is smaller: a model name, "
+        help="store tensors as deltas (XOR or float difference) of this model's same-name tensors where that is smaller: a model name, "
         "'auto' (default: the store's most similar model, if any saves space) or 'none'",
     )
 

@@ -1,4 +1,4 @@
-"""Fine-tunes stored as XOR deltas of their base model (BitX), and choosing that base automatically.
+"""Fine-tunes stored as deltas (XOR or ordered float difference) of their base model, and choosing the base."""
 
 Glossary: a *base* is a model already in the store; a *counterpart* is the base's tensor with the same name, dtype,
 shape and chunk geometry as a tensor being added; a *delta object* is a tensor stored chunk by chunk as
@@ -315,7 +315,7 @@ def base_options(store: Store, base: str | None, src: Path) -> dict[str, object]
 
 
 def delta_report(store: Store) -> list[dict[str, object]]:
-    """Per model added against a base: what it stores, what it shares with the base, what the XOR deltas saved.
+    """Per model added against a base: what it stores, what it shares with the base, what the deltas saved.
 
     ``delta_stored`` is the stored size of its delta objects; ``delta_standalone_est`` estimates what they would
     cost standalone as the stored size of their counterparts in the base (same name, shape and dtype, so close in
