@@ -1,8 +1,8 @@
-"""Fine-tunes stored as deltas (XOR or ordered float difference) of their base model, and choosing the base."""
+"""Fine-tunes stored as deltas (XOR or ordered float difference) of their base model, and choosing the base.
 
 Glossary: a *base* is a model already in the store; a *counterpart* is the base's tensor with the same name, dtype,
 shape and chunk geometry as a tensor being added; a *delta object* is a tensor stored chunk by chunk as
-``XOR(tensor, counterpart)`` (the ingest keeps each XOR frame only where it is smaller than the standalone one, so
+``XOR(tensor, counterpart)`` or their ordered difference (the ingest keeps a delta frame only where it is smaller than the standalone one, so
 a delta never costs more than no delta).
 
 - :func:`base_options` turns ``add --base NAME|auto|none`` into the keyword arguments of ``Store.add``.
