@@ -2,8 +2,8 @@
 
 Glossary: a *base* is a model already in the store; a *counterpart* is the base's tensor with the same name, dtype,
 shape and chunk geometry as a tensor being added; a *delta object* is a tensor stored chunk by chunk as
-``XOR(tensor, counterpart)`` or their ordered difference (the ingest keeps a delta frame only where it is smaller than the standalone one, so
-a delta never costs more than no delta).
+``XOR(tensor, counterpart)`` or as their ordered difference (the ingest keeps a delta frame only where it is
+smaller than the standalone one, so a delta never costs more than no delta).
 
 - :func:`base_options` turns ``add --base NAME|auto|none`` into the keyword arguments of ``Store.add``.
 - :func:`pick_base` ranks the store's models by how much XOR-ing would save on a sample of chunks: the order-0
