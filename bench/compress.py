@@ -302,7 +302,7 @@ def bench_finetune(label: str, base_dir: Path, ft_dir: Path, work: Path, runs: i
             store.add(base_src, "base")
             before = store.usage().stored_bytes
             t0 = time.perf_counter()
-            store.add(ft_src, "ft", **base_options(store, "auto", ft_src))  # type: ignore[arg-type]
+            store.add(ft_src, "ft", **base_options(store, "auto", ft_src))
             times.append(time.perf_counter() - t0)
             added = store.usage().stored_bytes - before
             chosen = next(m.base for m in store.models() if m.name == "ft")
@@ -336,7 +336,7 @@ def bench_family(family_dirs: list[Path], work: Path) -> dict[str, object]:
         for i, model_dir in enumerate(family_dirs):
             src = weights_only(model_dir, work)
             before = store.usage().stored_bytes
-            store.add(src, f"m{i}", **base_options(store, "auto", src))  # type: ignore[arg-type]
+            store.add(src, f"m{i}", **base_options(store, "auto", src))
             size = (src / WEIGHTS_FILE).stat().st_size
             logical += size
             base = next(m.base for m in store.models() if m.name == f"m{i}")

@@ -39,11 +39,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_add(args: argparse.Namespace) -> int:
     with Store.open(Path(args.store)) as store:
         progress = Progress(f"adding {args.name}")
-        extra = {}
-        if args.base is not None:
-            from .delta import base_options
+        from .delta import base_options
 
-            extra = base_options(store, args.base, Path(args.src))
+        extra = base_options(store, args.base, Path(args.src))
         try:
             store.add(Path(args.src), args.name, progress=progress, on_wait=_waiting, **extra)
         finally:

@@ -23,6 +23,7 @@ import mmap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +296,14 @@ def pick_base(store: Store, src: Path, exclude: set[str] | None = None) -> Candi
     return None
 
 
-def base_options(store: Store, base: str | None, src: Path) -> dict[str, object]:
+class AddOptions(TypedDict, total=False):
+    """The keyword arguments :func:`base_options` hands to ``Store.add``."""
+
+    base_finder: BaseFinder
+    base_model: str
+
+
+def base_options(store: Store, base: str | None, src: Path) -> AddOptions:
     """Keyword arguments of ``Store.add`` for ``add --base BASE``: a model name, ``auto`` or ``none``."""
     if base is None or base == NONE:
         return {}
