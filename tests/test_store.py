@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelfs.errors import AlreadyExistsError, BadInputError, InUseError, NotAStoreError, NotFoundError
+from modelfs.errors import AlreadyExistsError, BadInputError, NotAStoreError, NotFoundError
 from modelfs.export import export_model
 from modelfs.store import Store
 

@@ -23,8 +23,8 @@ import mmap
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypedDict
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
