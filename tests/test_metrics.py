@@ -60,8 +60,6 @@ def test_counters_move() -> None:
     m.record_error(OSError(errno.EIO, "io"))
     m.record_error(ValueError("bug"))
     m.record_error("integrity")
-    m.prefetch_hit(3)
-    m.prefetch_wasted()
     m.set_tree(generation=12, files=4)
     text = m.exposition().decode()
 
@@ -77,8 +75,6 @@ def test_counters_move() -> None:
     assert value(text, "modelfs_errors_total", kind="integrity") == 2
     for kind in ("timeout", "not_found", "io", "internal"):
         assert value(text, "modelfs_errors_total", kind=kind) == 1
-    assert value(text, "modelfs_prefetch_hits_total") == 3
-    assert value(text, "modelfs_prefetch_wasted_total") == 1
     assert value(text, "modelfs_tree_generation") == 12 and value(text, "modelfs_files") == 4
     assert value(text, "modelfs_info", store="/srv/store", mountpoint="/mnt/models", version="0.1.0",
                  pid=str(os.getpid())) == 1
@@ -116,6 +112,20 @@ def test_cache_counters_come_from_the_real_cache() -> None:
     assert value(text, "modelfs_decoded_bytes_total") == 4000
     assert value(text, "modelfs_cache_bytes") == cache.current_bytes == 2000
     assert value(text, "modelfs_cache_budget_bytes") == 2500
+
+
+def test_prefetch_counters_come_from_the_cache() -> None:
+    m = Metrics()
+    cache = ChunkCache(budget_bytes=2500)
+    m.watch_cache(cache)
+    for key in (1, 2, 3):  # decoded ahead; 1 is evicted unread when 3 comes in
+        cache.get_or_load(key, lambda: b"x" * 1000, prefetch=True)
+    cache.get_or_load(2, lambda: b"never called")  # a reader asks for 2: a prefetch hit
+    text = m.exposition().decode()
+    assert value(text, "modelfs_prefetched_total") == cache.stats.prefetched == 3
+    assert value(text, "modelfs_prefetch_hits_total") == cache.stats.prefetch_hits == 1
+    assert value(text, "modelfs_prefetch_wasted_total") == cache.stats.prefetch_waste == 1
+    assert value(text, "modelfs_cache_misses_total") == 0
 
 
 def test_instances_do_not_share_counters() -> None:

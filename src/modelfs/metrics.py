@@ -75,6 +75,15 @@ class CacheStatsLike(Protocol):
     @property
     def bytes_decoded(self) -> int: ...
 
+    @property
+    def prefetched(self) -> int: ...
+
+    @property
+    def prefetch_hits(self) -> int: ...
+
+    @property
+    def prefetch_waste(self) -> int: ...
+
 
 class CacheLike(Protocol):
     """What ``watch_cache`` reads: ``modelfs.cache.ChunkCache`` fits."""
@@ -149,6 +158,10 @@ class _CacheCollector(Collector):
                                 value=stats.evictions),
             CounterMetricFamily("modelfs_decoded_bytes", "Bytes produced by decoding chunks",
                                 value=stats.bytes_decoded),
+            CounterMetricFamily("modelfs_prefetched", "Chunks decoded ahead of a reader", value=stats.prefetched),
+            CounterMetricFamily("modelfs_prefetch_hits", "Prefetched chunks later read", value=stats.prefetch_hits),
+            CounterMetricFamily("modelfs_prefetch_wasted", "Prefetched chunks evicted unread",
+                                value=stats.prefetch_waste),
             GaugeMetricFamily("modelfs_cache_bytes", "Decoded bytes held in the cache", value=cache.current_bytes),
             GaugeMetricFamily("modelfs_cache_budget_bytes", "Cache budget (--cache-size)", value=cache.budget),
         ]
@@ -166,8 +179,6 @@ class Metrics:
         self._errors = Counter("modelfs_errors", "Errors answered to readers, by kind", ["kind"], registry=r)
         for kind in ERROR_KINDS:
             self._errors.labels(kind)
-        self._prefetch_hits = Counter("modelfs_prefetch_hits", "Prefetched chunks later read", registry=r)
-        self._prefetch_wasted = Counter("modelfs_prefetch_wasted", "Prefetched chunks evicted unread", registry=r)
         self._generation = Gauge("modelfs_tree_generation", "Store generation the mount shows", registry=r)
         self._files = Gauge("modelfs_files", "Files visible in the mount", registry=r)
         info = Gauge("modelfs_info", "Constant 1; labels describe the mount",
@@ -195,12 +206,6 @@ class Metrics:
         """Count an error answered to a reader (an exception, or a kind from ``ERROR_KINDS``)."""
         kind = exc_or_kind if isinstance(exc_or_kind, str) else error_kind(exc_or_kind)
         self._errors.labels(kind).inc()
-
-    def prefetch_hit(self, chunks: int = 1) -> None:
-        self._prefetch_hits.inc(chunks)
-
-    def prefetch_wasted(self, chunks: int = 1) -> None:
-        self._prefetch_wasted.inc(chunks)
 
     # --- slow path ------------------------------------------------------------------------------------------
     def watch_cache(self, cache: CacheLike) -> None:

@@ -116,7 +116,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 def check_store(config: MountConfig) -> None:
     from .store import Store
 
-    Store.open(config.store, cache_bytes=0).close()
+    Store.open(config.store, cache_bytes=0, prefetch=False).close()
 
 
 # -- serving -----------------------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def serve(
     from .store import Store
 
     _setup_logging(config.log_level)
-    store = Store.open(config.store, cache_bytes=config.cache_size)
+    store = Store.open(config.store, cache_bytes=config.cache_size, prefetch=config.prefetch)
     mnt = config.mountpoint
     try:
         runtime = ServiceRuntime.start(config, store.cache)  # a bad metrics address fails here
