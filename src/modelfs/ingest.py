@@ -318,14 +318,16 @@ class Ingest:
 
 
 def _encode(raw: bytes, dtype: DType | None, base_chunk: Callable[[], bytes] | None) -> bytes:
-    """Encode one chunk; with a base, keep the smallest of standalone, XOR delta and (floats) ordered difference."""
+    """Encode one chunk; with a base, keep the smallest of standalone, XOR delta and (floats) ordered difference in
+    the order of the base's exponents. The unsorted difference is not tried: on the MiniLM-L6 fine-tunes it was
+    smallest in 21 of 169 FP32 chunks and 5 of 135 BF16 chunks, saving 1156 and 21 bytes in all."""
     plain = encode_chunk(raw, dtype)
     base_raw = base_chunk() if base_chunk is not None else None  # decoded here, on the worker, not the main thread
     if base_raw is None or len(base_raw) != len(raw):
         return plain
     frames = [plain, encode_chunk(raw, dtype, base=base_raw)]
     if dtype is not None and dtype.kind == "float" and dtype.itemsize in WIDTHS and len(raw) % dtype.itemsize == 0:
-        frames.append(encode_chunk(raw, dtype, base=base_raw, sub_width=dtype.itemsize))
+        frames.append(encode_chunk(raw, dtype, base=base_raw, sub_width=dtype.itemsize, sort_by_base_exponent=True))
     return min(frames, key=len)
 
 

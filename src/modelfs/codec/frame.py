@@ -7,7 +7,9 @@ Layout (little-endian, 24-byte header then the payload)::
     5  u8  codec_id     see registry.py (0 raw, 1 zstd, 2 bytegroup-zstd, ...)
     6  u16 flags        bit 0 FLAG_XOR_BASE: the decoded payload is XORed with the base chunk's raw bytes;
                         bits 1-2 (FLAG_SUB_MASK) 1/2/3: the decoded payload is the ordered difference against the
-                        base chunk (codec/difference.py) of 2/4/8-byte elements; at most one delta kind is set
+                        base chunk (codec/difference.py) of 2/4/8-byte elements; at most one delta kind is set;
+                        bit 3 FLAG_SORT_BY_BASE (only with bits 1-2): the differences are stored in the stable order
+                        of the base elements' exponents (difference.base_order)
     8  u32 raw_len      bytes of the chunk once decoded
     12 u32 payload_len  bytes that follow the header
     16 u64 checksum     xxh3_64 of the final raw bytes (after undoing the XOR)
@@ -26,7 +28,7 @@ import xxhash
 
 from ..dtypes import DType
 from ..errors import IntegrityError
-from .difference import sub_delta, undo_sub_delta
+from .difference import sort_by_base, sub_delta, undo_sub_delta, unsort_by_base
 from .registry import CODECS, RAW, default_codec_id
 
 MAGIC = b"MFch"
@@ -35,8 +37,9 @@ FLAG_XOR_BASE = 1
 FLAG_SUB_SHIFT = 1
 FLAG_SUB_MASK = 0b110
 SUB_WIDTHS = {1: 2, 2: 4, 3: 8}
+FLAG_SORT_BY_BASE = 1 << 3
 FLAGS_NEED_BASE = FLAG_XOR_BASE | FLAG_SUB_MASK
-KNOWN_FLAGS = FLAG_XOR_BASE | FLAG_SUB_MASK
+KNOWN_FLAGS = FLAG_XOR_BASE | FLAG_SUB_MASK | FLAG_SORT_BY_BASE
 _HEADER = struct.Struct("<4sBBHIIQ")
 HEADER_SIZE = _HEADER.size  # 24
 # Chunks are 256 KiB-1 MiB; a header claiming more than this is damage, and must not make us allocate it.
@@ -79,9 +82,11 @@ def encode_chunk(
     base: Buffer | None = None,
     codec_id: int | None = None,
     sub_width: int | None = None,
+    sort_by_base_exponent: bool = False,
 ) -> bytes:
     """Frame ``raw`` (optionally as the XOR against ``base``, or with ``sub_width`` as the ordered difference of
-    elements of that many bytes), verified by decoding it back.
+    elements of that many bytes, stored in the order of the base's exponents if ``sort_by_base_exponent``), verified
+    by decoding it back.
 
     With ``codec_id`` None the dtype's default codec is used and a payload that does not shrink is stored raw;
     an explicit ``codec_id`` is used as given.
@@ -96,6 +101,8 @@ def encode_chunk(
         if len(base) != n:
             raise ValueError(f"base chunk is {len(base)} bytes, chunk is {n}")
         if sub_width is None:
+            if sort_by_base_exponent:
+                raise ValueError("sorting by the base needs an ordered difference (sub_width)")
             data = memoryview(_xor(view, base))
             flags |= FLAG_XOR_BASE
         else:
@@ -104,6 +111,11 @@ def encode_chunk(
                 raise ValueError(f"no ordered difference of {sub_width}-byte elements for a {n}-byte chunk")
             data = memoryview(sub_delta(view, base, sub_width))
             flags |= code << FLAG_SUB_SHIFT
+            if sort_by_base_exponent:
+                data = memoryview(sort_by_base(data, base, sub_width))
+                flags |= FLAG_SORT_BY_BASE
+    elif sort_by_base_exponent:
+        raise ValueError("sorting by the base needs a base chunk")
     cid = default_codec_id(dtype) if codec_id is None else codec_id
     codec = CODECS.get(cid)
     if codec is None:
@@ -138,7 +150,11 @@ def decode_chunk(
         raise fail(f"frame is {len(frame)} bytes, header says {HEADER_SIZE + h.payload_len}")
     if h.raw_len > MAX_RAW_LEN:
         raise fail(f"frame claims {h.raw_len} raw bytes, over the limit of {MAX_RAW_LEN}")
-    if h.flags & ~KNOWN_FLAGS or (h.flags & FLAG_XOR_BASE and h.flags & FLAG_SUB_MASK):
+    if (
+        h.flags & ~KNOWN_FLAGS
+        or (h.flags & FLAG_XOR_BASE and h.flags & FLAG_SUB_MASK)
+        or (h.flags & FLAG_SORT_BY_BASE and not h.flags & FLAG_SUB_MASK)
+    ):
         raise fail(f"frame has unknown flags {h.flags:#x}")
     sub_width = SUB_WIDTHS.get((h.flags & FLAG_SUB_MASK) >> FLAG_SUB_SHIFT)
     if sub_width is not None and h.raw_len % sub_width:
@@ -167,6 +183,8 @@ def decode_chunk(
         data = _xor(data, base)
     elif sub_width is not None:
         assert base is not None
+        if h.flags & FLAG_SORT_BY_BASE:
+            data = unsort_by_base(data, base, sub_width)
         data = undo_sub_delta(data, base, sub_width)
     if checksum(data) != h.checksum:
         raise fail("checksum mismatch: chunk data is damaged")
