@@ -241,11 +241,11 @@ def conditional_bounds(data: bytes, base: bytes, tensors: list) -> dict[str, flo
 
 
 def projected_sub(data: bytes, base: bytes, tensors: list) -> dict[str, float]:
-    """What the difference transform (modelfs.delta.sub_delta) would store, measured with the store's default codec.
+    """Ablation of the delta transforms with the store's default codec and geometry, no store involved.
 
-    Per chunk of every tensor (store geometry), the smallest of: standalone, XOR frame (what modelfs does today),
-    and the default codec on ``sub_delta`` (+ the XOR frame's flag cost, i.e. the same 24-byte header). Non-tensor
-    bytes count at their size. Returns fractions of the file size.
+    Per chunk of every tensor, the smallest of: standalone and XOR frame (BitX alone), and then also the default codec
+    on the unsorted ``sub_delta`` (+ the same 24-byte header). modelfs itself codes the difference in the order of the
+    base's exponents (the store table above). Non-tensor bytes count at their size. Returns fractions of the file.
     """
     from modelfs.delta import sub_delta
     from modelfs.dtypes import dtype_by_name
@@ -384,8 +384,9 @@ def render(results: dict[str, Any]) -> str:
         for t in ("xor", "sub") if cb else ():
             lines.append(f"| {r['fixture']} | {t} | {cb[t + '_order0']:.4f} | {cb[t + '_lo_given_hi']:.4f} | "
                          f"{cb[t + '_given_base_exp']:.4f} |")
-    lines += ["", "Measured with the default codec, per chunk the smallest frame (no store involved):", "",
-              "| fine-tune | standalone or XOR only | standalone, XOR or ordered difference (what modelfs does) |",
+    lines += ["", "Ablation with the default codec, per chunk the smallest frame, no store (modelfs also sorts the "
+              "difference by the base's exponents: the store figure above):", "",
+              "| fine-tune | standalone or XOR (BitX) | standalone, XOR or unsorted ordered difference |",
               "|---|---|---|"]
     for r in results["finetune"]:
         p = r.get("projected")
