@@ -6,11 +6,13 @@
   Face style dir. ``tensors`` maps names to numpy arrays, or to ``RawTensor(dtype, bits)`` for dtypes
   numpy lacks (BF16, F8_*): e.g. ``bf16_array((64, 32), seed=1)``.
 - ``bf16_array(shape, seed, scale=0.05) -> RawTensor``: random-normal BF16 weights, trained scale.
+- ``notify_socket`` (function): a bound datagram socket standing in for systemd's ``$NOTIFY_SOCKET``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,14 @@ def make_model() -> MakeModel:
 def bf16_array_fixture() -> Callable[..., RawTensor]:
     """``bf16_array(shape, seed, scale=0.05)``: random-normal BF16 weights as a RawTensor."""
     return bf16_array
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A bound Unix datagram socket standing in for systemd's $NOTIFY_SOCKET: (socket, path)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify.sock")
+    sock.bind(path)
+    sock.settimeout(30)
+    yield sock, path
+    sock.close()

@@ -8,7 +8,6 @@ import struct
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,12 @@ import pytest
 from modelfs import notify
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify.sock")
-    sock.bind(path)
-    sock.settimeout(5)
-    yield sock, path
-    sock.close()
-
-
 def recv(sock: socket.socket) -> str:
     return sock.recv(4096).decode()
 
 
-def test_ready_stopping_status_reach_the_socket(receiver: tuple[socket.socket, str]) -> None:
-    sock, path = receiver
+def test_ready_stopping_status_reach_the_socket(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
     env = {"NOTIFY_SOCKET": path}
     assert notify.ready("serving /srv/store at /mnt/models", env=env)
     assert recv(sock) == "READY=1\nSTATUS=serving /srv/store at /mnt/models"
@@ -67,9 +56,9 @@ def test_unreachable_or_unsupported_socket_never_raises(tmp_path: Path, caplog: 
 
 
 def test_reads_os_environ_and_unset_environment(
-    receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sock, path = receiver
+    sock, path = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert notify.notify("READY=1", unset_environment=True)
     assert recv(sock) == "READY=1"
@@ -77,9 +66,9 @@ def test_reads_os_environ_and_unset_environment(
     assert notify.stopping() is False
 
 
-def test_sender_pid_is_the_process_that_notifies(receiver: tuple[socket.socket, str]) -> None:
+def test_sender_pid_is_the_process_that_notifies(notify_socket: tuple[socket.socket, str]) -> None:
     """systemd's NotifyAccess=main trusts the datagram's SCM_CREDENTIALS pid: it must be the daemon's own."""
-    sock, path = receiver
+    sock, path = notify_socket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     code = "from modelfs import notify; import sys; sys.exit(0 if notify.ready('up') else 1)"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "NOTIFY_SOCKET": path})

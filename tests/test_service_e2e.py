@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sysconfig
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,15 +66,6 @@ def store(tmp_path: Path) -> Path:
     assert result.returncode == 0, result.stderr
     return store
 
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify.sock")
-    sock.bind(path)
-    sock.settimeout(30)
-    yield sock, path
-    sock.close()
 
 
 def test_unit_exec_start_under_notify_socket(
