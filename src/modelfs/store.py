@@ -375,15 +375,9 @@ class Store:
         return Usage(int(logical), int(stored), int(disk))
 
     def stats(self) -> dict[str, object]:
-        """Where the bytes went: logical, after dedup, after compression; and which models are deltas."""
+        """Where the bytes went: logical, after dedup, after compression (``delta.delta_report`` adds the deltas)."""
         usage = self.usage()
         unique = self.catalog.query("SELECT COALESCE(SUM(size), 0) FROM objects")[0][0]
-        deltas = [
-            {"model": name, "base": base}
-            for name, base in self.catalog.query(
-                "SELECT m.name, b.name FROM models m JOIN models b ON b.id = m.base_model_id ORDER BY m.name"
-            )
-        ]
         return {
             "models": len(self.catalog.query("SELECT id FROM models")),
             "logical_bytes": usage.logical_bytes,
@@ -393,7 +387,6 @@ class Store:
             "saved_by_dedup": usage.logical_bytes - int(unique),
             "saved_by_compression": int(unique) - usage.stored_bytes,
             "ratio": usage.stored_bytes / usage.logical_bytes if usage.logical_bytes else 1.0,
-            "deltas": deltas,
         }
 
     # -- checking ----------------------------------------------------------------------------------------------
