@@ -117,8 +117,3 @@ class ChunkCache:
         """True if the chunk is cached or being decoded (the prefetcher skips those)."""
         with self._lock:
             return key in self._lru or key in self._inflight
-
-    def clear(self) -> None:
-        with self._lock:
-            self._lru.clear()
-            self._unread.clear()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import BadInputError, ModelfsError
 from .progress import Progress, human_bytes
+from .sizes import parse_size
 from .store import DEFAULT_CHUNK_SIZE, Store
 
 EPILOG = "Docs: README.md, docs/architecture.md, docs/format.md, docs/operations.md."
@@ -22,12 +23,6 @@ EPILOG = "Docs: README.md, docs/architecture.md, docs/format.md, docs/operations
 def _waiting() -> None:
     if sys.stderr.isatty():
         print("waiting for another add/rm/gc on this store to finish...", file=sys.stderr)
-
-
-def _parse_size(text: str) -> int:
-    from .sizes import parse_size
-
-    return parse_size(text)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -203,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument(
         "--chunk-size",
-        type=_parse_size,
+        type=parse_size,
         default=DEFAULT_CHUNK_SIZE,
         help="raw bytes per compressed chunk, e.g. 512K or 1M (default 1M): larger compresses slightly better, "
         "smaller decodes less per random read",
@@ -260,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", nargs="?")
     p.add_argument("mountpoint", nargs="?")
     p.add_argument("--config", help="TOML config file (see docs/operations.md)")
-    p.add_argument("--cache-size", type=_parse_size, help="decoded-chunk cache budget, e.g. 2G (default 1G)")
+    p.add_argument("--cache-size", type=parse_size, help="decoded-chunk cache budget, e.g. 2G (default 1G)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (systemd, debugging)")
     p.add_argument("-o", dest="options", default=None, help="mount options, e.g. allow_other,cache_size=4G")
     p.add_argument(

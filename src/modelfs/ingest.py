@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -311,10 +311,6 @@ class Ingest:
                 )
             bump_generation(cur)
 
-    def iter_objects(self) -> Iterator[tuple[str | None, int, int]]:
-        """(dtype name, raw size, stored size) of each object this ingest encoded, for reports."""
-        for obj in self._objects.values():
-            yield (obj.dtype.name if obj.dtype else None, obj.size, obj.stored_size)
 
 
 def _encode(raw: bytes, dtype: DType | None, base_chunk: Callable[[], bytes] | None) -> bytes:
