@@ -14,7 +14,7 @@ from modelfs.cli import build_parser, main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelfs.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "modelfs.cli", *args], check=False, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

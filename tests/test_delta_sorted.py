@@ -3,13 +3,23 @@ float width, the permutation itself, damage detection, golden bytes, and the ing
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelfs.codec import difference
-from modelfs.codec.difference import base_order, exponent_key, sort_by_base, unsort_by_base
+from modelfs.codec.difference import (
+    base_order,
+    exponent_key,
+    sort_by_base,
+    sub_delta,
+    undo_sorted_sub_delta,
+    undo_sub_delta,
+    unsort_by_base,
+)
 from modelfs.codec.frame import (
     FLAG_SORT_BY_BASE,
     FLAG_SUB_MASK,
@@ -61,14 +71,12 @@ def test_round_trip_arbitrary_bits(dtype: str, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("width", [2, 4, 8])
-def test_order_is_the_stable_argsort_of_the_exponent(width: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_order_is_the_stable_argsort_of_the_exponent(width: int) -> None:
     base = np.random.default_rng(width).integers(0, 256, 4000 * width, dtype=np.uint8).tobytes()
     u = np.frombuffer(base, dtype=np.uint8).reshape(-1, width).astype(np.int64)
     key = ((u[:, -1] << 1) | (u[:, -2] >> 7)) & 0xFF
     assert (exponent_key(base, width) == key).all()
     expected = np.argsort(key, kind="stable")
-    assert (base_order(base, width) == expected).all()
-    monkeypatch.setattr(difference, "_PACKED_MAX", 0)  # the path for chunks of 2**24 elements or more
     assert (base_order(base, width) == expected).all()
     data = np.random.default_rng(0).integers(0, 256, len(base), dtype=np.uint8).tobytes()
     assert unsort_by_base(sort_by_base(data, base, width), base, width) == data
@@ -131,3 +139,104 @@ def test_ingest_keeps_the_sorted_frame_when_smaller(dtype: str) -> None:
     assert read_header(frame).flags & FLAG_SORT_BY_BASE
     assert len(frame) < len(unsorted)
     assert decode_chunk(frame, base=base) == raw
+
+
+# The compiled kernels (codec/_kernels.py) against a pure-numpy reference of the same permutation.
+
+
+def reference_order(base: bytes, width: int) -> np.ndarray:
+    u = np.frombuffer(base, dtype=np.uint8).reshape(-1, width).astype(np.int64)
+    return np.argsort(((u[:, -1] << 1) | (u[:, -2] >> 7)) & 0xFF, kind="stable")
+
+
+def reference_undo_sorted(data: bytes, base: bytes, width: int) -> bytes:
+    t = np.dtype(f"<u{width}")
+    unsorted = np.empty(len(data) // width, dtype=t)
+    unsorted[reference_order(base, width)] = np.frombuffer(data, dtype=t)
+    return undo_sub_delta(unsorted.tobytes(), base, width)
+
+
+def assert_kernels_match(data: bytes, base: bytes, width: int) -> None:
+    order = reference_order(base, width)
+    t = np.dtype(f"<u{width}")
+    assert (base_order(base, width) == order).all()
+    sorted_ = sort_by_base(data, base, width)
+    assert sorted_ == np.frombuffer(data, dtype=t)[order].tobytes()
+    assert unsort_by_base(sorted_, base, width) == data
+    assert undo_sorted_sub_delta(data, base, width) == reference_undo_sorted(data, base, width)
+
+
+def elements(n: int, width: int, seed: int, keys: int = 256) -> bytes:
+    """``n`` random elements whose exponent keys take ``keys`` values (1: every key equal)."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True) >> np.uint64(64 - 8 * width)
+    shift = np.uint64(8 * width - 9)
+    key = rng.integers(0, keys, n, dtype=np.uint64) + np.uint64(100 if keys < 256 else 0)
+    u = (u & ~(np.uint64(0xFF) << shift)) | (key << shift)
+    return u.astype(f"<u{width}").tobytes()
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize(("n", "keys"), [(0, 256), (1, 256), (5000, 1), (5000, 3), (5001, 256)])
+def test_kernels_equal_the_numpy_reference(width: int, n: int, keys: int) -> None:
+    base = elements(n, width, seed=n + width, keys=keys)
+    assert len(set(exponent_key(base, width).tolist())) <= keys
+    assert_kernels_match(elements(n, width, seed=1), base, width)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.data())
+def test_kernels_equal_the_numpy_reference_on_any_bits(width: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(0, 400))
+    base = data.draw(st.binary(min_size=n * width, max_size=n * width))
+    assert_kernels_match(data.draw(st.binary(min_size=n * width, max_size=n * width)), base, width)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_kernels_read_any_buffer_and_never_write_it(width: int) -> None:
+    raw, base = (elements(3001, width, seed=s) for s in (2, 3))
+    diff = sub_delta(raw, base, width)
+    expected = reference_undo_sorted(sort_by_base(diff, base, width), base, width)
+    assert expected == raw
+    sorted_ = bytearray(sort_by_base(bytearray(diff), memoryview(base), width))
+    before = bytes(sorted_)
+    assert undo_sorted_sub_delta(sorted_, bytearray(base), width) == raw
+    assert undo_sorted_sub_delta(memoryview(b"x" + sorted_)[1:], memoryview(b"x" + base)[1:], width) == raw  # unaligned
+    assert sorted_ == before
+
+
+def test_kernels_refuse_unequal_lengths() -> None:
+    for fn in (sort_by_base, unsort_by_base, undo_sorted_sub_delta):
+        with pytest.raises(ValueError, match="elements against a base"):
+            fn(bytes(8), bytes(16), 2)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_does_not_import_numba() -> None:
+    """numba's import takes ~0.5 s; only decoding or encoding a sorted difference pays it."""
+    done = run_python("import sys, modelfs.cli; print('numba' in sys.modules)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_kernels_work_without_a_writable_cache() -> None:
+    """A read-only install with no writable user cache: numba finds no cache locator and the kernels compile in
+    memory instead of failing (simulated by making every cache directory refuse its write probe)."""
+    code = """
+import numba.core.caching as caching
+def refuse(self):
+    raise PermissionError("read-only")
+caching._CacheLocator.ensure_cache_path = refuse
+from modelfs.codec.difference import sort_by_base, undo_sorted_sub_delta, sub_delta
+raw, base = bytes(range(200)), bytes(range(56, 256))
+sorted_ = sort_by_base(sub_delta(raw, base, 2), base, 2)
+assert undo_sorted_sub_delta(sorted_, base, 2) == raw
+import modelfs.codec._kernels as k
+print(k.unsort_undo_difference._cache.__class__.__name__)
+"""
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NullCache"

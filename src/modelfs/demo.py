@@ -29,7 +29,8 @@ from .store import Store
 def _load_all(path: Path) -> dict[str, bytes]:
     """Every tensor of a safetensors file, loaded by safetensors/torch, as its raw bytes (the mmap is released)."""
     with safe_open(str(path), framework="pt") as f:
-        return {name: f.get_tensor(name).contiguous().view(-1).view(torch.uint8).numpy().tobytes() for name in f.keys()}
+        names = list(f.keys())  # safe_open has keys() but is not iterable
+        return {name: f.get_tensor(name).contiguous().view(-1).view(torch.uint8).numpy().tobytes() for name in names}
 
 
 def _drop_page_cache() -> bool:

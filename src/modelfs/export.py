@@ -27,8 +27,7 @@ def export_model(store: Store, name: str, dest: Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.modelfs-tmp")
         with open(tmp, "wb") as out:
-            for piece in store.iter_file(entry):
-                out.write(piece)
+            out.writelines(store.iter_file(entry))
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, entry.mode)

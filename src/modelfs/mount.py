@@ -19,6 +19,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -141,12 +142,15 @@ def serve(
     """Serve the mount in this process until it is unmounted (or SIGINT/SIGTERM); ``on_ready`` runs once live."""
     import mfusepy  # type: ignore[import-untyped]
 
+    from .codec.difference import warm_up
     from .fuse_ops import ModelfsOps
     from .service import ServiceRuntime, SigtermStop
     from .store import Store
 
     _setup_logging(config.log_level)
     store = Store.open(config.store, cache_bytes=config.cache_size, prefetch=config.prefetch)
+    if store.has_deltas():
+        threading.Thread(target=warm_up, name="modelfs-warm-up", daemon=True).start()
     mnt = config.mountpoint
     try:
         runtime = ServiceRuntime.start(config, store.cache)  # a bad metrics address fails here

@@ -80,7 +80,8 @@ class PackWriter:
 
     def _open_new(self) -> BinaryIO:
         self._name = secrets.token_hex(16)
-        f = open(self._tmp_dir / f"{self._name}.pack", "wb")
+        path = self._tmp_dir / f"{self._name}.pack"
+        f = open(path, "wb")  # noqa: SIM115 - stays open across add() calls; _close_current closes it
         f.write(PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, 0))
         self._offset = PACK_HEADER.size
         return f

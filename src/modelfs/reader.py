@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from .cache import ChunkCache
 from .catalog import Catalog, from_int64
@@ -171,7 +171,7 @@ class FileReader:
         for pack in self._pinned:
             self._source.pool.release(pack)
 
-    def __enter__(self) -> FileReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from .cache import ChunkCache
 from .catalog import FORMAT_VERSION, Catalog, bump_generation, last_insert_id
@@ -152,7 +153,7 @@ class Store:
         self.pool.close_all()
         self.catalog.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -358,6 +359,10 @@ class Store:
             ModelInfo(name, nfiles, logical, int(stored.get(mid) or 0), added, base)
             for mid, name, added, base, nfiles, logical in rows
         ]
+
+    def has_deltas(self) -> bool:
+        """Whether any object is stored as a delta of a base (its reads may need the compiled difference kernels)."""
+        return bool(self.catalog.query("SELECT 1 FROM objects WHERE base_id IS NOT NULL LIMIT 1"))
 
     def model_files(self, name: str) -> list[FileEntry]:
         if not self.catalog.query("SELECT 1 FROM models WHERE name = ?", (name,)):

@@ -9,6 +9,7 @@ The differences can also be put in the order of the base's exponents (:func:`bas
 chunk, so it recomputes the permutation for free, and a weight's movement depends strongly on its magnitude, so
 sorted planes make each 128 KiB Huffman block homogeneous. On the MiniLM-L6 BF16 fine-tunes that takes ft1 from
 0.280 to 0.230 and ft2 from 0.309 to 0.257 (the bound of the 16-bit symbol given the base exponent is 0.219).
+The permutation is a counting sort by the 8-bit key, compiled with numba (_kernels.py, which says why).
 Pure functions, thread-safe.
 """
 
@@ -42,10 +43,20 @@ def undo_sub_delta(data: Buffer, base: Buffer, width: int) -> bytes:
     return _ordered(_ordered(b, width) + d, width).tobytes()
 
 
-# Keys of 8 bits and element indices under 2**24 fit one uint32 whose plain sort is the stable argsort of the keys:
-# 5.5-7 ms per 512 Ki elements (a 1 MiB BF16 chunk of MiniLM) against 11 ms for np.argsort(kind="stable") of the
-# keys (numpy 2.4, one core).
-_PACKED_MAX = 1 << 24
+def _elements(buf: Buffer, width: int) -> np.ndarray:
+    """``buf`` as read-only elements: the kernels never write their inputs, and one array type per width means one
+    compiled version per width instead of one more for every writable buffer."""
+    a = np.frombuffer(buf, dtype=_UINT[width])
+    a.flags.writeable = False
+    return a
+
+
+def _pair(data: Buffer, base: Buffer, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_elements` of both; the kernels do not check bounds, so unequal lengths must stop here."""
+    a, b = _elements(data, width), _elements(base, width)
+    if a.size != b.size:
+        raise ValueError(f"{a.size} elements against a base of {b.size}")
+    return a, b
 
 
 def exponent_key(base: Buffer, width: int) -> np.ndarray:
@@ -55,33 +66,45 @@ def exponent_key(base: Buffer, width: int) -> np.ndarray:
     On the MiniLM-L6 BF16 ft1 this key codes to 0.2304 of the size, the top byte (sign + 7 exponent bits) to 0.2436;
     adding mantissa bits gains under 0.001 (the Huffman tables are per 128 KiB block, coarser than the key).
     """
-    u = np.frombuffer(base, dtype=np.uint8).reshape(-1, width)
-    hi, lo = u[:, width - 1], u[:, width - 2]
-    return (hi << np.uint8(1)) | (lo >> np.uint8(7))
+    t = _UINT[width]
+    return (np.frombuffer(base, dtype=t) >> t(8 * width - 9)).astype(np.uint8)
+
+
+# The functions below import the numba kernels when first called, not with this module: numba's import and start-up
+# take ~1 s, which the CLI and every process that never meets a sorted difference should not pay.
 
 
 def base_order(base: Buffer, width: int) -> np.ndarray:
     """The stable argsort of :func:`exponent_key` of ``base``: the order in which sorted delta elements are stored."""
-    key = exponent_key(base, width)
-    n = key.size
-    if n >= _PACKED_MAX:
-        return np.argsort(key, kind="stable")
-    packed = key.astype(np.uint32)  # then in place: one 2 MiB buffer per 1 MiB BF16 chunk, not four
-    packed <<= np.uint32(24)
-    packed |= np.arange(n, dtype=np.uint32)
-    packed.sort()
-    packed &= np.uint32(_PACKED_MAX - 1)
-    return packed
+    from ._kernels import stable_order
+
+    return stable_order(_elements(base, width))
 
 
 def sort_by_base(data: Buffer, base: Buffer, width: int) -> bytes:
-    """``data``'s elements in :func:`base_order` of ``base``; ``len(data)`` must be whole elements."""
-    return np.frombuffer(data, dtype=_UINT[width])[base_order(base, width)].tobytes()
+    """``data``'s elements in :func:`base_order` of ``base``; ``data`` and ``base`` must be as many whole elements."""
+    from ._kernels import sort_by_key
+
+    return sort_by_key(*_pair(data, base, width)).tobytes()
 
 
 def unsort_by_base(data: Buffer, base: Buffer, width: int) -> bytes:
     """Inverse of :func:`sort_by_base`."""
-    sorted_ = np.frombuffer(data, dtype=_UINT[width])
-    out = np.empty_like(sorted_)
-    out[base_order(base, width)] = sorted_
-    return out.tobytes()
+    from ._kernels import unsort_by_key
+
+    return unsort_by_key(*_pair(data, base, width)).tobytes()
+
+
+def warm_up() -> None:
+    """Load (or compile) the decode kernel for every width now: a mount with deltas calls this in the background so
+    that its first delta read does not wait ~1 s for numba."""
+    for width in WIDTHS:
+        zero = bytes(width)
+        undo_sorted_sub_delta(zero, zero, width)
+
+
+def undo_sorted_sub_delta(data: Buffer, base: Buffer, width: int) -> bytes:
+    """``undo_sub_delta(unsort_by_base(data, base, width), base, width)`` in one compiled kernel."""
+    from ._kernels import unsort_undo_difference
+
+    return unsort_undo_difference(*_pair(data, base, width)).tobytes()
