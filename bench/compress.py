@@ -33,6 +33,7 @@ import numpy as np
 import zipnn  # type: ignore[import-untyped]
 import zstandard
 
+from modelfs.allocator import tune_for_chunks
 from modelfs.cache import ChunkCache
 from modelfs.codec.frame import FLAGS_NEED_BASE, decode_chunk, encode_chunk, read_header
 from modelfs.codec.registry import CODECS, RAW, codec_name
@@ -492,6 +493,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="scratch directory for the stores")
     args = parser.parse_args()
+    tune_for_chunks()  # as the CLI and the mount daemon do; ZipNN and zstd run in this process with the same setting
     fp32, bf16 = minilm_dir(args.samples), minilm_bf16_dir(args.samples)
     family = finetune_dirs(args.samples)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:

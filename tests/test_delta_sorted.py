@@ -1,5 +1,6 @@
 """Ordered-difference frames stored in the order of the base's exponents (FLAG_SORT_BY_BASE): round trips for every
-float width, the permutation itself, damage detection, golden bytes, and the ingest choosing them."""
+float width, the permutation itself, damage detection, golden bytes, the ingest choosing them, and codec 3's frames
+undone straight from their byte planes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelfs.codec import frame as frame_module
+from modelfs.codec.bytegroup import split_planes
 from modelfs.codec.difference import (
     base_order,
     exponent_key,
     sort_by_base,
     sub_delta,
     undo_sorted_sub_delta,
+    undo_sorted_sub_delta_planes,
     undo_sub_delta,
     unsort_by_base,
 )
@@ -28,7 +32,8 @@ from modelfs.codec.frame import (
     encode_chunk,
     read_header,
 )
-from modelfs.codec.registry import RAW
+from modelfs.codec.huff import merge_decoded, rotate_sign
+from modelfs.codec.registry import BYTEGROUP_HUFF, RAW
 from modelfs.dtypes import DTYPES
 from modelfs.errors import IntegrityError
 from modelfs.ingest import _encode
@@ -209,6 +214,122 @@ def test_kernels_refuse_unequal_lengths() -> None:
     for fn in (sort_by_base, unsort_by_base, undo_sorted_sub_delta):
         with pytest.raises(ValueError, match="elements against a base"):
             fn(bytes(8), bytes(16), 2)
+
+
+# Codec 3's planes handed to one kernel (difference.undo_sorted_sub_delta_planes) against the merged bytes' path.
+
+
+def planes_of(data: bytes, width: int, rotated: bool) -> list[bytes]:
+    """``data``'s byte planes as codec 3 stores them: the top two sign-rotated (huff.rotate_sign) if ``rotated``."""
+    planes, _ = split_planes(data, width)
+    if rotated:
+        exp, rest = rotate_sign(np.frombuffer(planes[-1], np.uint8), np.frombuffer(planes[-2], np.uint8))
+        planes[-1], planes[-2] = exp.tobytes(), rest.tobytes()
+    return planes
+
+
+def assert_planes_path_matches(data: bytes, base: bytes, width: int) -> None:
+    expected = undo_sorted_sub_delta(data, base, width)
+    for rotated in (False, True):
+        planes = planes_of(data, width, rotated)
+        assert merge_decoded(list(planes), b"", rotated) == data
+        assert undo_sorted_sub_delta_planes(planes, rotated, base, width) == expected
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize(("n", "keys"), [(0, 256), (1, 256), (5000, 1), (5000, 3), (5001, 256)])
+def test_planes_path_equals_the_bytes_path(width: int, n: int, keys: int) -> None:
+    assert_planes_path_matches(elements(n, width, seed=5), elements(n, width, seed=n + width + 9, keys=keys), width)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([2, 4, 8]), st.data())
+def test_planes_path_equals_the_bytes_path_on_any_bits(width: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(0, 400))
+    base = data.draw(st.binary(min_size=n * width, max_size=n * width))
+    assert_planes_path_matches(data.draw(st.binary(min_size=n * width, max_size=n * width)), base, width)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_planes_path_reads_any_buffer_and_refuses_wrong_planes(width: int) -> None:
+    data, base = elements(3001, width, seed=6), elements(3001, width, seed=7)
+    expected = undo_sorted_sub_delta(data, base, width)
+    planes = planes_of(data, width, True)
+    views = [memoryview(b"x" + p)[1:] for p in planes[:-1]] + [bytearray(planes[-1])]  # unaligned and writable
+    assert undo_sorted_sub_delta_planes(views, True, memoryview(b"x" + base)[1:], width) == expected
+    for wrong in (planes[:-1], [*planes, planes[0]], [p[:-1] for p in planes]):
+        with pytest.raises(ValueError, match="planes of"):
+            undo_sorted_sub_delta_planes(wrong, True, base, width)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_decode_chunk_undoes_codec_3_frames_from_the_planes(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def merged(*args: object) -> bytes:
+        raise AssertionError("the planes were merged")
+
+    monkeypatch.setattr(frame_module, "merge_decoded", merged)
+    monkeypatch.setattr(frame_module, "undo_sorted_sub_delta", merged)
+    d = DTYPES[dtype]
+    raw, base = family_chunk(dtype, 3000, seed=11)
+    frame = encode_chunk(raw, d, base=base, sub_width=d.itemsize, sort_by_base_exponent=True)
+    assert read_header(frame).codec_id == BYTEGROUP_HUFF
+    assert frame[HEADER_SIZE] == 1  # the sign rotation is set, and undone by the kernel
+    assert decode_chunk(frame, base=base) == raw
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(FLOATS), st.data())
+def test_codec_3_sorted_frames_round_trip_any_bits(dtype: str, data: st.DataObject) -> None:
+    """Forced codec 3: planes that do not shrink are stored raw and reach the kernel as views of the frame."""
+    d = DTYPES[dtype]
+    n = data.draw(st.integers(0, 300))
+    raw = data.draw(st.binary(min_size=n * d.itemsize, max_size=n * d.itemsize))
+    base = data.draw(st.binary(min_size=n * d.itemsize, max_size=n * d.itemsize))
+    frame = encode_chunk(
+        raw, d, base=base, sub_width=d.itemsize, sort_by_base_exponent=True, codec_id=BYTEGROUP_HUFF
+    )
+    assert decode_chunk(frame, base=base) == raw
+
+
+@pytest.mark.parametrize(("dtype", "sub_width"), [("F32", 2), ("F64", 4), ("BF16", 4)])
+def test_codec_3_planes_of_another_width_take_the_bytes_path(dtype: str, sub_width: int) -> None:
+    """encode_chunk lets the difference's width differ from the dtype's, which sets the planes: such frames merge."""
+    raw, base = family_chunk(dtype, 3000, seed=12)
+    frame = encode_chunk(
+        raw, DTYPES[dtype], base=base, sub_width=sub_width, sort_by_base_exponent=True, codec_id=BYTEGROUP_HUFF
+    )
+    assert decode_chunk(frame, base=base) == raw
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_damaged_codec_3_planes_are_an_integrity_error(dtype: str) -> None:
+    """Every byte of the payload flipped in turn (a sample of them for the wider types): an error or, where the
+    flip changes nothing decoded (zstd frame fields), the right bytes; never wrong ones."""
+    d = DTYPES[dtype]
+    raw, base = family_chunk(dtype, 2048, seed=13)
+    frame = encode_chunk(raw, d, base=base, sub_width=d.itemsize, sort_by_base_exponent=True)
+    assert read_header(frame).codec_id == BYTEGROUP_HUFF
+    errors = 0
+    for pos in range(HEADER_SIZE, len(frame), 1 + len(frame) // 1500):
+        damaged = bytearray(frame)
+        damaged[pos] ^= 0x41
+        try:
+            assert decode_chunk(bytes(damaged), base=base) == raw
+        except IntegrityError:
+            errors += 1
+    assert errors > 0
+    for cut in (len(frame) - 1, HEADER_SIZE + 1):
+        truncated = bytearray(frame[:cut])
+        truncated[12:16] = (cut - HEADER_SIZE).to_bytes(4, "little")  # a consistent payload_len, a short payload
+        with pytest.raises(IntegrityError):
+            decode_chunk(bytes(truncated), base=base)
+    forged = bytearray(frame)
+    forged[HEADER_SIZE] = 2  # no such reorder value
+    with pytest.raises(IntegrityError, match="reorder byte"):
+        decode_chunk(bytes(forged), base=base)
+    forged[HEADER_SIZE] = 0  # the rotation dropped: planes decode, the elements are wrong, the checksum says so
+    with pytest.raises(IntegrityError, match="checksum"):
+        decode_chunk(bytes(forged), base=base)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

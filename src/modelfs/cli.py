@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .allocator import tune_for_chunks
 from .errors import BadInputError, ModelfsError
 from .progress import Progress, human_bytes
 from .sizes import parse_size
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_for_chunks()
     parser = build_parser()
     from .config import is_mount_helper_argv
 

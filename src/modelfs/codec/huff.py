@@ -104,6 +104,11 @@ def merge_unrotated(planes: list[bytes | memoryview], tail: bytes) -> bytes:
     return out.tobytes() + tail if tail else out.tobytes()
 
 
+def merge_decoded(planes: list[bytes | memoryview], tail: bytes, reorder: bool) -> bytes:
+    """The chunk's bytes from what :meth:`BytegroupHuffCodec.decode_planes` returns."""
+    return merge_unrotated(planes, tail) if reorder else merge_planes(planes, tail)
+
+
 class BytegroupHuffCodec:
     """Byte planes (sign rotated next to the mantissa for floats), each raw, zstd-3 or Huffman-coded literals."""
 
@@ -125,14 +130,18 @@ class BytegroupHuffCodec:
         return bytes([int(reorder)]) + encode_plane_list(planes, tail, coders)
 
     def decode(self, payload: memoryview, raw_len: int) -> bytes:
+        return merge_decoded(*self.decode_planes(payload, raw_len))
+
+    def decode_planes(self, payload: memoryview, raw_len: int) -> tuple[list[bytes | memoryview], bytes, bool]:
+        """The decoded planes, the tail, and whether the top two planes are rotated (:func:`rotate_sign`), without
+        merging them: frame.py undoes a sorted difference straight from the planes, saving the merge's time."""
         if len(payload) < 1 or payload[0] > 1:
             raise IntegrityError("bytegroup-huff payload has a bad reorder byte")
         planes, tail = decode_plane_list(payload[1:], raw_len, self._coders)
-        if payload[0]:
-            if len(planes) < 2:
-                raise IntegrityError("bytegroup-huff reorder set on a chunk without two planes")
-            return merge_unrotated(planes, tail)
-        return merge_planes(planes, tail)
+        reorder = bool(payload[0])
+        if reorder and len(planes) < 2:
+            raise IntegrityError("bytegroup-huff reorder set on a chunk without two planes")
+        return planes, tail, reorder
 
 
 def _u8(b: bytes) -> np.ndarray:
