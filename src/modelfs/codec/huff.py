@@ -92,6 +92,8 @@ def rotate_sign(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def merge_unrotated(planes: list[bytes | memoryview], tail: bytes) -> bytes:
     """Interleave planes back into elements, undoing :func:`rotate_sign` on the top two while writing them."""
     width = len(planes)
+    if width == 2:
+        return _merge_unrotated_16(planes[0], planes[1]) + tail
     n = len(planes[0])
     out = np.empty((n, width), dtype=np.uint8)
     for i in range(width - 2):
@@ -107,6 +109,17 @@ def merge_unrotated(planes: list[bytes | memoryview], tail: bytes) -> bytes:
 def merge_decoded(planes: list[bytes | memoryview], tail: bytes, reorder: bool) -> bytes:
     """The chunk's bytes from what :meth:`BytegroupHuffCodec.decode_planes` returns."""
     return merge_unrotated(planes, tail) if reorder else merge_planes(planes, tail)
+
+
+def _merge_unrotated_16(rest_plane: bytes | memoryview, exp_plane: bytes | memoryview) -> bytes:
+    """:func:`merge_unrotated` of BF16/F16 as uint16 arithmetic: contiguous, where two strided byte stores cost a
+    third more (0.41 against 0.55-0.69 ms per 1 MiB chunk)."""
+    rest = np.frombuffer(rest_plane, dtype=np.uint8)
+    exp = np.frombuffer(exp_plane, dtype=np.uint8)
+    out = ((rest & 0x80) | (exp >> 1)).astype("<u2")
+    out <<= np.uint16(8)
+    out |= (exp * _U8_128) | (rest & 0x7F)
+    return out.tobytes()
 
 
 class BytegroupHuffCodec:
