@@ -4,8 +4,8 @@ Every decoded chunk is a fresh ~1 MiB ``bytes`` plus plane-sized numpy temporari
 of 128 KiB or more comes from ``mmap``, or from the top of the heap, which ``free`` trims back to the kernel once
 128 KiB there are unused (both thresholds then move, but not far enough for this churn); either way the next chunk
 faults all its pages in again, each one zeroed by the kernel. Raising both thresholds keeps freed blocks in the
-heap for reuse. Measured on MiniLM-L6 BF16 (one thread, every chunk of the file, ``bench/compress.py``'s
-decode_all_mbps, four runs in one session): 240-312 MB/s with the defaults, 570-780 MB/s with these settings.
+heap for reuse. One-thread decode of every chunk of MiniLM-L6 BF16 (``bench/allocator.py``, a fresh process per
+run, median of 5): 249 MB/s with the defaults, 732 MB/s with these settings.
 
 The cost is memory the process keeps after a burst: at most ``TRIM_THRESHOLD`` of free heap per arena before it
 is returned, next to a chunk cache that is 1 GiB by default. Process-wide, so only programs call this (the CLI, and
