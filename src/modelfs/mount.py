@@ -142,7 +142,6 @@ def serve(
     """Serve the mount in this process until it is unmounted (or SIGINT/SIGTERM); ``on_ready`` runs once live."""
     import mfusepy  # type: ignore[import-untyped]
 
-    from .codec.difference import warm_up
     from .fuse_ops import ModelfsOps
     from .service import ServiceRuntime, SigtermStop
     from .store import Store
@@ -150,7 +149,7 @@ def serve(
     _setup_logging(config.log_level)
     store = Store.open(config.store, cache_bytes=config.cache_size, prefetch=config.prefetch)
     if store.has_deltas():
-        threading.Thread(target=warm_up, name="modelfs-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_kernels, name="modelfs-warm-up", daemon=True).start()
     mnt = config.mountpoint
     try:
         runtime = ServiceRuntime.start(config, store.cache)  # a bad metrics address fails here
@@ -195,6 +194,17 @@ def serve(
         store.close()
     log.info("unmounted %s", mnt)
     return 0
+
+
+def _warm_up_kernels() -> None:
+    """Load the delta kernels before the first delta read needs them; a failure here is logged, and that read
+    tries again (and answers EIO if it fails too)."""
+    from .codec.difference import warm_up
+
+    try:
+        warm_up()
+    except Exception:
+        log.exception("could not load the delta decoding kernels")
 
 
 def _escape_option(value: str) -> str:
