@@ -68,8 +68,9 @@ def read_all(store: Store, path: str) -> bytes:
         return reader.read(0, entry.size)
 
 
-def xor_chunks(store: Store, model: str) -> tuple[int, int]:
-    """(chunks whose frame is an XOR delta, all chunks) of the model's objects, read from the frames."""
+def xor_chunks(store: Store, model: str, flags: int = FLAGS_NEED_BASE) -> tuple[int, int]:
+    """(chunks whose frame has any of ``flags``: by default any delta, all chunks) of the model's objects, read from
+    the frames."""
     rows = store.catalog.query(
         "SELECT DISTINCT c.id, p.name, c.pack_offset, c.frame_len FROM models m JOIN files f ON f.model_id = m.id"
         " JOIN segments s ON s.content_id = f.content_id JOIN chunks c ON c.object_id = s.object_id"
@@ -79,7 +80,7 @@ def xor_chunks(store: Store, model: str) -> tuple[int, int]:
     xor = 0
     for _, pack, off, length in rows:
         with open(store.packs_dir / f"{pack}.pack", "rb") as f:
-            xor += bool(read_header(read_frame(f.fileno(), off, length)).flags & FLAGS_NEED_BASE)
+            xor += bool(read_header(read_frame(f.fileno(), off, length)).flags & flags)
     return xor, len(rows)
 
 
