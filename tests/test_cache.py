@@ -71,3 +71,27 @@ def test_sequential_reader_is_prefetched(tmp_path, make_model):
         stats = store.cache.stats
         assert stats.prefetched > 0
         assert stats.prefetch_hits > stats.prefetched // 2
+
+
+def test_prefetch_reaches_ahead_bytes_past_small_chunks():
+    from modelfs.prefetch import Prefetcher
+    from modelfs.reader import ChunkRef
+
+    chunks = [ChunkRef(i, "p", 0, 10, 1000, 0, None) for i in range(100)]
+    queued: list[int] = []
+
+    class Source:
+        cache = ChunkCache(budget_bytes=0)
+
+        def get(self, ref: ChunkRef, prefetch: bool = False) -> bytes:
+            queued.append(ref.id)
+            return b""
+
+    prefetcher = Prefetcher(Source(), workers=1, depth=2, ahead_bytes=10_000)  # type: ignore[arg-type]
+    prefetcher.on_read(1, chunks, 0, 0)
+    prefetcher.on_read(1, chunks, 1, 1)
+    deadline = time.monotonic() + 5
+    while len(queued) < 11 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    prefetcher.close()
+    assert sorted(queued) == list(range(1, 12))  # ten 1000-byte chunks past the last read, not just depth=2
