@@ -4,8 +4,10 @@ The model: N perturbed copies of the real all-MiniLM-L6-v2 weights cast to BF16 
 bits XOR-ed with noise, so no tensor dedups while the compressible sign/exponent bytes stay real), as the N shards
 of one model directory plus its config and tokenizer files.
 
-Workloads: ``safe_open(..., framework="pt")`` + ``get_tensor`` of every tensor of every shard (safetensors
-memory-maps the file: page faults), and ``cat`` of every file (sequential ``read``).
+Workloads: ``safe_open(..., framework="pt")`` + ``get_tensor(...).clone()`` of every tensor of every shard
+(safetensors memory-maps the file, so its pages fault in; safetensors 0.8's tensors are views of that mapping, so
+without the copy, which a loader filling its parameters makes too, only a fifth of the bytes would ever be read),
+and ``cat`` of every file (sequential ``read``).
 Cold: original = after ``echo 3 > /proc/sys/vm/drop_caches``; mount = fresh mount + drop_caches (the daemon's
 chunk cache starts empty too). Warm: the same pass again. Median of ``--reps``; everything in one run.
 Read-ahead sweep: cold passes through fresh mounts with each ``read_ahead_kb`` / ``max_read``; the request sizes
@@ -97,7 +99,7 @@ def load_tensors(model_dir: Path) -> float:
     for shard in shards(model_dir):
         with safe_open(str(shard), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 -- safe_open is not iterable
-                count += f.get_tensor(key).numel()
+                count += f.get_tensor(key).clone().numel()
     assert count > 0
     return time.perf_counter() - start
 

@@ -26,6 +26,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from modelfs.mount import DEFAULT_READ_AHEAD_KB
 from modelfs.samples import bf16_array, write_safetensors
 from modelfs.store import Store
 
@@ -273,6 +274,10 @@ def test_metadata_xattrs_statfs_and_read_only(setup: tuple[Path, Path]) -> None:
     assert excinfo.value.errno == errno.ENODATA
     vfs = os.statvfs(model)
     assert vfs.f_blocks * vfs.f_frsize >= stored
+    if os.geteuid() == 0:  # the mount's read-ahead is raised to DEFAULT_READ_AHEAD_KB (only root may write it)
+        dev = path.stat().st_dev
+        ra = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb").read_text().strip()
+        assert ra == str(DEFAULT_READ_AHEAD_KB) == "512"
     for attempt in (lambda: os.open(path, os.O_RDWR), lambda: (model / "new").write_text("x"), path.unlink,
                     (model / "d").mkdir):
         with pytest.raises(OSError) as excinfo:

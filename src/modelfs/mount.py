@@ -32,11 +32,10 @@ log = logging.getLogger("modelfs.mount")
 
 READY_MARKER = b"\x00modelfs-ready\n"
 MOUNT_TIMEOUT = 30.0
-# The default when config.read_ahead_kb is None; 0 leaves the kernel's 128 KiB. bench/load.py, 1.02 GiB BF16 model,
-# cold, median of 3: safe_open (mmap faults) 4.35 s at 128 KiB vs 7.5 / 8.7 / 6.8 s at 512 / 1024 / 4096 KiB; cat
-# 8.0 s vs 7.3 / 10.7 / 9.0 s. The daemon is decode-bound: 256 KiB requests spread over worker threads decode in
-# parallel, while 1 MiB requests decode their chunks one after another in one thread.
-DEFAULT_READ_AHEAD_KB = 0
+# The default when config.read_ahead_kb is None (0 leaves the kernel's 128 KiB). bench/load.py, 1.02 GiB BF16 model,
+# cold, median of 3, every tensor copied out of its mapping: safe_open 4.85 s at 512 KiB against 5.60 / 5.13 / 5.35 s
+# at 128 / 1024 / 4096; cat 3.59 s against 3.88 / 3.86 / 4.03 (docs/benchmarks.md).
+DEFAULT_READ_AHEAD_KB = 512
 FUSE_DEVICE = Path("/dev/fuse")
 MAX_THREADS = 16
 
