@@ -95,22 +95,8 @@ def _starts(base: np.ndarray) -> np.ndarray:
 
 
 @_jit
-def stable_order(base: np.ndarray) -> np.ndarray:
-    """The stable argsort of the keys of ``base``."""
-    s = _shift(base)
-    pos = _starts(base)
-    order = np.empty(base.size, dtype=np.intp)
-    for i in range(base.size):
-        k = (np.uint64(base[i]) >> s) & _BYTE
-        c = pos[k]
-        order[c] = i
-        pos[k] = c + _ONE
-    return order
-
-
-@_jit
 def sort_by_key(data: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``data`` in the stable order of the keys of ``base`` (as long): ``data[stable_order(base)]``."""
+    """``data`` in the stable order of the keys of ``base`` (as long): ``data[difference.base_order(base)]``."""
     s = _shift(base)
     pos = _starts(base)
     out = np.empty_like(data)

@@ -73,15 +73,16 @@ def exponent_key(base: Buffer, width: int) -> np.ndarray:
     return (np.frombuffer(base, dtype=t) >> t(8 * width - 9)).astype(np.uint8)
 
 
+def base_order(base: Buffer, width: int) -> np.ndarray:
+    """The stable argsort of :func:`exponent_key` of ``base``: the order in which sorted delta elements are stored.
+
+    The format's definition, in numpy; encoding and decoding never build it, the kernels below apply it in place.
+    """
+    return np.argsort(exponent_key(base, width), kind="stable")
+
+
 # The functions below import the numba kernels when first called, not with this module: numba's import and start-up
 # take ~1 s, which the CLI and every process that never meets a sorted difference should not pay.
-
-
-def base_order(base: Buffer, width: int) -> np.ndarray:
-    """The stable argsort of :func:`exponent_key` of ``base``: the order in which sorted delta elements are stored."""
-    from ._kernels import stable_order
-
-    return stable_order(_elements(base, width))
 
 
 def sort_by_base(data: Buffer, base: Buffer, width: int) -> bytes:
