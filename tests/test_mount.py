@@ -210,33 +210,44 @@ def test_mmap_of_a_mounted_file(setup: tuple[Path, Path]) -> None:
         assert m[:] == original
 
 
-def test_eight_threads_random_reads_are_byte_exact(setup: tuple[Path, Path]) -> None:
-    src, model = setup
-    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer/vocab.txt"]
-    originals = {n: (src / n).read_bytes() for n in names}
+def random_reads_in_threads(originals: dict[Path, bytes], reads: int, threads: int = 8) -> list[str]:
+    """``threads`` threads of ``reads`` preads each, at random offsets (past the end too) and sizes, of the given
+    served files; returns every read that differs from the original bytes or fails (an EIO counts)."""
+    paths = sorted(originals)
     failures: list[str] = []
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        fds = {n: os.open(model / n, os.O_RDONLY) for n in names}
+        fds = {p: os.open(p, os.O_RDONLY) for p in paths}
         try:
-            for _ in range(300):
-                n = rng.choice(names)
-                data = originals[n]
+            for _ in range(reads):
+                p = rng.choice(paths)
+                data = originals[p]
                 offset = rng.randrange(0, len(data) + 100)
                 size = rng.choice([1, 7, 4096, 65536, 1 << 20, 3 << 20, rng.randrange(1, 200000)])
-                got = os.pread(fds[n], size, offset)
+                try:
+                    got = os.pread(fds[p], size, offset)
+                except OSError as exc:
+                    failures.append(f"{p} {offset} {size}: {exc}")
+                    continue
                 if got != data[offset : offset + size]:
-                    failures.append(f"{n} {offset} {size}")
+                    failures.append(f"{p} {offset} {size}")
         finally:
             for fd in fds.values():
                 os.close(fd)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-    for t in threads:
+    workers = [threading.Thread(target=worker, args=(seed,)) for seed in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join(timeout=120)
+    return failures
+
+
+def test_eight_threads_random_reads_are_byte_exact(setup: tuple[Path, Path]) -> None:
+    src, model = setup
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "tokenizer/vocab.txt"]
+    failures = random_reads_in_threads({model / n: (src / n).read_bytes() for n in names}, reads=300)
     assert not failures, failures[:5]
 
 

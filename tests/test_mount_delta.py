@@ -3,14 +3,11 @@ the compiled kernels (codec/_kernels.py) concurrently, and every byte must equal
 
 from __future__ import annotations
 
-import os
-import random
-import threading
 from pathlib import Path
 
 import pytest
 from test_delta import base_weights, finetune, xor_chunks
-from test_mount import files_of, mounted, sha256
+from test_mount import files_of, mounted, random_reads_in_threads, sha256
 
 from modelfs.codec.frame import FLAG_SORT_BY_BASE
 from modelfs.delta import base_options
@@ -37,7 +34,10 @@ def test_finetunes_stored_as_deltas_read_exactly_through_the_mount(tmp_path: Pat
             assert sorted_chunks >= total // 2, (ft, sorted_chunks, total)
     # A cache of a few chunks: the threads' reads keep decoding delta chunks, and their bases, concurrently.
     with mounted(store, tmp_path / "mnt", "--cache-size", "256K") as mnt:
-        random_reads_in_threads(mnt, models)
+        weights = {mnt / name / "model.safetensors": (src / "model.safetensors").read_bytes()
+                   for name, src in models.items()}
+        failures = random_reads_in_threads(weights, reads=60)
+        assert not failures, failures[:5]
         # fine-tunes first, so their delta chunks decode before the base's chunks are read for themselves
         for name in ("org/ft1", "org/ft2", "org/base"):
             source, served = files_of(models[name]), files_of(mnt / name)
@@ -45,33 +45,3 @@ def test_finetunes_stored_as_deltas_read_exactly_through_the_mount(tmp_path: Pat
             for rel, path in source.items():
                 assert sha256(served[rel]) == sha256(path), (name, rel)
 
-
-def random_reads_in_threads(mnt: Path, models: dict[str, Path]) -> None:
-    """Eight threads reading random ranges of the weights files, compared with the originals."""
-    originals = {name: (src / "model.safetensors").read_bytes() for name, src in models.items()}
-    errors: list[str] = []
-
-    def reader(seed: int) -> None:
-        rng = random.Random(seed)
-        for _ in range(60):
-            name = rng.choice(sorted(originals))
-            data = originals[name]
-            off = rng.randrange(len(data))
-            size = rng.randrange(1, 300_000)
-            fd = os.open(mnt / name / "model.safetensors", os.O_RDONLY)
-            try:
-                got = os.pread(fd, size, off)
-            except OSError as exc:  # EIO from a chunk that failed its checks
-                errors.append(f"{name} [{off}, +{size}]: {exc}")
-                continue
-            finally:
-                os.close(fd)
-            if got != data[off : off + size]:
-                errors.append(f"{name} [{off}, +{size}]")
-
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
